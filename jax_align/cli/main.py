@@ -1,0 +1,66 @@
+"""The ``jax-align`` command: one sub-command per module in :mod:`jax_align.cli`.
+
+Each sub-command module defines ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported
+lazily so that ``jax-align --help`` stays fast and a broken optional dependency only breaks its own command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Order is the order shown by --help.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("jax_align.cli.demo", "run the full alignment pipeline on the built-in synthetic world"),
+    "convert": ("jax_align.cli.convert", "convert checkpoints between Hugging Face and jax-align (Orbax)"),
+    "world": ("jax_align.cli.world", "render a synthetic visual world with ground truth and benchmarks"),
+    "data": ("jax_align.cli.data", "inspect and validate training data files"),
+    "train": ("jax_align.cli.train", "train SFT, reward, critic and DPO-family models from a YAML config"),
+    "prefs": ("jax_align.cli.prefs", "build preference data (BDHS, critic-scored pairs, multi-level)"),
+    "generate": ("jax_align.cli.generate", "batched generation with the KV-cache sampler"),
+    "eval": ("jax_align.cli.eval", "hallucination and skill metrics on a synthetic world"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jax-align",
+        description="Align vision-language models with preferences in JAX/Flax.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module_name)
+        if name in _requested_commands():
+            _load(module_name).add_arguments(p)
+    return parser
+
+
+def _requested_commands() -> set[str]:
+    # Only the sub-command being run (or shown with --help) imports its module.
+    return {a for a in sys.argv[1:] if a in COMMANDS}
+
+
+def _load(module_name: str):
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name == module_name:
+            raise SystemExit(f"jax-align: this command is not available yet ({module_name} is missing)")
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:])
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    return int(_load(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,96 @@
+"""Basic Flax NNX layers whose parameters carry logical axis names (metadata key ``logical_axes``).
+
+Logical names are resolved to mesh axes by one rules table in :mod:`jax_align.sharding`. Kernels use the JAX
+layout ``[in, out]``; the Hugging Face weight map (:mod:`jax_align.models.hf_names`) transposes on the way in
+and out.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def param(rngs: nnx.Rngs | None, shape, axes, dtype, init="normal", std=0.02) -> nnx.Param:
+    """A parameter with logical axis names. ``rngs=None`` (abstract creation) still needs a key: use 0."""
+    if init == "zeros":
+        value = jnp.zeros(shape, dtype)
+    elif init == "ones":
+        value = jnp.ones(shape, dtype)
+    else:
+        key = rngs.params() if rngs is not None else jax.random.key(0)
+        value = (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+    return nnx.Param(value, logical_axes=tuple(axes))
+
+
+class Dense(nnx.Module):
+    def __init__(self, din, dout, *, axes, use_bias=True, rngs=None, param_dtype=jnp.float32, dtype=None,
+                 std=None):
+        std = std if std is not None else 1.0 / math.sqrt(din)
+        self.kernel = param(rngs, (din, dout), axes, param_dtype, std=std)
+        self.bias = param(rngs, (dout,), axes[1:], param_dtype, init="zeros") if use_bias else None
+        self.dtype = dtype
+
+    def __call__(self, x):
+        dtype = self.dtype or x.dtype
+        y = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(dtype)
+        return y
+
+
+class Embed(nnx.Module):
+    def __init__(self, num, dim, *, axes=("vocab", "embed"), rngs=None, param_dtype=jnp.float32, std=0.02):
+        self.embedding = param(rngs, (num, dim), axes, param_dtype, std=std)
+
+    def __call__(self, ids):
+        return jnp.take(self.embedding[...], ids, axis=0)
+
+
+class RMSNorm(nnx.Module):
+    """Llama-style RMSNorm: normalise in fp32, cast back, then scale (matches HF's order of operations)."""
+
+    def __init__(self, dim, *, eps=1e-6, axes=("norm",), param_dtype=jnp.float32):
+        self.scale = param(None, (dim,), axes, param_dtype, init="ones")
+        self.eps = eps
+
+    def __call__(self, x):
+        dtype = x.dtype
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(dtype) * xf.astype(dtype)
+
+
+class LayerNorm(nnx.Module):
+    def __init__(self, dim, *, eps=1e-5, axes=("norm",), param_dtype=jnp.float32):
+        self.scale = param(None, (dim,), axes, param_dtype, init="ones")
+        self.bias = param(None, (dim,), axes, param_dtype, init="zeros")
+        self.eps = eps
+
+    def __call__(self, x):
+        dtype = x.dtype
+        xf = x.astype(jnp.float32)
+        mean = jnp.mean(xf, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
+        y = (xf - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(dtype)
+
+
+def activation(name: str):
+    """Hugging Face ``ACT2FN`` names to JAX functions."""
+    table = {
+        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+        "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+        "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+        "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+        "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+        "silu": jax.nn.silu,
+        "swish": jax.nn.silu,
+        "relu": jax.nn.relu,
+    }
+    if name not in table:
+        raise ValueError(f"activation {name!r} is not supported (supported: {sorted(table)})")
+    return table[name]
