@@ -133,8 +133,7 @@ def load_hf_params(path: str, cfg: LlavaConfig, param_dtype=jnp.float32, shardin
             values[path_t] = arr
     finally:
         handles.clear()
-    state = nnx.State.from_flat_path({p: v.replace(values[p]) for p, v in
-                                      ((p, v) for p, v in nnx.to_flat_state(abstract))})
+    state = nnx.from_flat_state({p: v.replace(values[p]) for p, v in nnx.to_flat_state(abstract)})
     return graphdef, state
 
 
