@@ -1,0 +1,83 @@
+"""Model directories of this project: an Orbax checkpoint of the parameters plus the HF-style config.
+
+Layout of a jax-align model directory::
+
+    DIR/jax_align_model.json   format marker (and the parameter dtype)
+    DIR/config.json            the Hugging Face LLaVA config (so the directory also explains itself)
+    DIR/params/                Orbax (OCDBT/tensorstore) checkpoint of the parameter tree
+    DIR/tokenizer*.json ...    tokenizer / processor files copied from the source model
+
+:func:`load_model` reads such a directory or a plain Hugging Face directory, so every command that takes
+``--model`` accepts both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jax_align.models import LlavaConfig, abstract_model, load_hf_params
+from jax_align.models.convert import copy_assets
+
+MARKER = "jax_align_model.json"
+
+
+def is_jax_align_model(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, MARKER))
+
+
+def save_model(out_dir: str, config: LlavaConfig, params, source_dir: str | None = None) -> str:
+    """Write ``params`` (an NNX state) with Orbax, the config and the tokenizer/processor files."""
+    import orbax.checkpoint as ocp
+
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    target = os.path.join(out_dir, "params")
+    if os.path.exists(target):
+        import shutil
+
+        shutil.rmtree(target)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(target, nnx.to_pure_dict(params))
+    dtype = str(jax.tree.leaves(params)[0].dtype)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(config.to_hf_dict(), f, indent=2, sort_keys=True)
+    copy_assets(source_dir or config.source_dir, out_dir)
+    with open(os.path.join(out_dir, MARKER), "w") as f:  # written last: its presence means the save completed
+        json.dump({"format": "jax-align-model", "version": 1, "param_dtype": dtype}, f)
+    return out_dir
+
+
+def load_model(path: str, dtype=None, shardings=None):
+    """Load a jax-align model directory or a Hugging Face directory: ``(config, graphdef, params)``.
+
+    ``dtype`` defaults to the stored dtype (fp32 for HF directories); ``shardings`` optionally places the
+    parameters on a mesh (a pytree from :func:`jax_align.sharding.state_shardings`).
+    """
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: model directory not found")
+    config = LlavaConfig.from_hf_dir(path).replace(source_dir=path)
+    if not is_jax_align_model(path):
+        graphdef, params = load_hf_params(path, config, param_dtype=dtype or jnp.float32, shardings=shardings)
+        return config, graphdef, params
+    import orbax.checkpoint as ocp
+
+    with open(os.path.join(path, MARKER)) as f:
+        meta = json.load(f)
+    dtype = dtype or jnp.dtype(meta.get("param_dtype", "float32"))
+    graphdef, abstract = abstract_model(config, param_dtype=dtype)
+    target = nnx.to_pure_dict(abstract)
+    if shardings is not None:
+        flat_sh = nnx.to_pure_dict(shardings)
+        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), target, flat_sh)
+    else:
+        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), target)
+    with ocp.StandardCheckpointer() as ckptr:
+        restored = ckptr.restore(os.path.join(path, "params"), target)
+    nnx.replace_by_pure_dict(abstract, restored)
+    return config, graphdef, abstract
