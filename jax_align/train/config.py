@@ -1,0 +1,215 @@
+"""Run configuration: typed sections with defaults, YAML files, and ``key=value`` dotted overrides.
+
+``jax-align train CONFIG [key=value ...]`` loads the YAML file over the defaults below, then applies overrides
+(values parsed as YAML, so ``optim.lr=1e-6``, ``mesh.fsdp=-1``, ``loss.loss_type=[sigmoid,sft]`` work). Unknown
+keys are errors that name the key and the closest known one. ``describe()`` renders every key with its default
+and help text for ``--help``; the resolved config is saved as ``run.dir/config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+
+def _f(default, help_text: str):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help_text})
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass
+class RunConfig:
+    dir: str = _f("runs/default", "run directory: checkpoints, metrics.jsonl, TensorBoard events, config.yaml")
+    stage: str = _f("dpo", "sft | reward | dpo | mdpo | mmdpo")
+    seed: int = _f(0, "seed for parameter init, data order and dropout")
+
+
+@dataclass
+class ModelConfig:
+    path: str = _f("", "Hugging Face LLaVA directory or jax-align model directory to start from")
+    init: str = _f("", "build a randomly initialised model instead: a HF LLaVA config.json path or 'tiny-world'")
+    tokenizer: str = _f("", "tokenizer/processor directory when model.init is used (default: the world's)")
+    param_dtype: str = _f("float32", "parameter dtype: float32 | bfloat16")
+    compute_dtype: str = _f("float32", "activation dtype: float32 | bfloat16 (log-probs and losses stay fp32)")
+    remat: str = _f("none", "rematerialisation policy per decoder layer: none | full | dots")
+    train_vision: bool = _f(False, "train the vision tower (frozen by default)")
+    train_projector: bool = _f(True, "train the multimodal projector")
+    train_language: bool = _f(True, "train the language model (ignored with LoRA: only adapters train)")
+
+
+@dataclass
+class DataConfig:
+    train: str = _f("", "training data file (JSONL, JSON list, Parquet or a datasets directory)")
+    format: str = _f("", "record format: sft | pairwise | ranked (default: from the stage)")
+    layout: str = _f("prefix_shared", "prefix_shared (image+prompt encoded once per group) | naive")
+    max_length: int = _f(512, "maximum tokens per row (image tokens included); longer rows are truncated")
+    buckets: list = _f([], "sequence-length buckets (default: max_length only); one compile per bucket")
+    batch_size: int = _f(8, "groups per optimizer step (global, across all devices)")
+    shuffle: bool = _f(True, "shuffle every epoch (seeded by run.seed)")
+    workers: int = _f(0, "Grain worker processes (0 = in-process)")
+    on_error: str = _f("raise", "bad records: raise (stop with a message naming file, record and field) | skip")
+    world: dict = _f({}, "generate training data from the synthetic world when data.train is empty: {seed, n}")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = _f(1e-5, "peak learning rate")
+    schedule: str = _f("cosine", "cosine | linear | constant (after warmup)")
+    warmup_steps: int = _f(0, "linear warmup steps")
+    warmup_ratio: float = _f(0.0, "warmup as a fraction of train.steps (used when warmup_steps is 0)")
+    weight_decay: float = _f(0.0, "AdamW weight decay (never applied to biases, norms and embeddings)")
+    b1: float = _f(0.9, "Adam beta1")
+    b2: float = _f(0.999, "Adam beta2")
+    eps: float = _f(1e-8, "Adam epsilon")
+    clip: float = _f(1.0, "global gradient-norm clip (0 = off)")
+    grad_accum: int = _f(1, "micro-batches per optimizer step (batch_size must divide)")
+    projector_lr: float = _f(0.0, "learning rate of the projector (0 = same as optim.lr)")
+
+
+@dataclass
+class LossConfig:
+    beta: float = _f(0.1, "DPO/MDPO beta")
+    loss_type: Any = _f("sigmoid", "DPO loss type or list of types (TRL 1.16 names)")
+    loss_weights: Any = _f(None, "weights for a list of loss types")
+    label_smoothing: float = _f(0.0, "cDPO label smoothing (TRL convention)")
+    penalty: float = _f(1.0, "MDPO penalty on the best response (spec §5.2)")
+    pairs: str = _f("all", "MDPO pairs: all | adjacent | best_vs_rest")
+    margin_w: float = _f(0.5, "MM-DPO reward-margin beta w (spec §4.3)")
+    margin_k: float = _f(0.5, "MM-DPO reward-margin beta k (spec §4.3)")
+    sft_weight: float = _f(0.0, "weight of an SFT (chosen NLL) term; MM-DPO uses gamma=0.25")
+    reward_margin: bool = _f(False, "reward loss: use the record's margin (TRL RewardTrainer)")
+    center_rewards: float = _f(0.0, "reward loss: centering coefficient (spec §6.4: 0.01)")
+
+
+@dataclass
+class RefConfig:
+    mode: str = _f("copy", "reference policy: copy (frozen copy of the start) | cached (log-probs in the data)")
+    dtype: str = _f("", "dtype of the frozen copy (default: model.param_dtype)")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = _f(100, "optimizer steps")
+    log_every: int = _f(1, "write metrics every N steps")
+    token_chunk: int = _f(256, "tokens per chunk of the log-prob head")
+    progress: bool = _f(True, "show a progress bar")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = _f(50, "save every N steps (and at the end)")
+    keep: int = _f(3, "keep the last K checkpoints")
+    resume: str = _f("auto", "auto (resume from the latest complete checkpoint in run.dir) | never")
+    use_async: bool = _f(True, "asynchronous saves")
+
+
+@dataclass
+class MeshConfig:
+    data: int = _f(1, "data-parallel axis size (-1 = all remaining devices)")
+    fsdp: int = _f(-1, "FSDP axis size (-1 = all remaining devices)")
+    tensor: int = _f(1, "tensor-parallel axis size")
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    ref: RefConfig = field(default_factory=RefConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _keys(cls) -> list[str]:
+    out = []
+    for sec in dataclasses.fields(cls):
+        out += [f"{sec.name}.{f.name}" for f in dataclasses.fields(sec.default_factory())]
+    return out
+
+
+def _set(cfg: Config, dotted: str, value, source: str) -> None:
+    parts = dotted.split(".")
+    if len(parts) != 2 or not hasattr(cfg, parts[0]) or not hasattr(getattr(cfg, parts[0]), parts[1]):
+        near = difflib.get_close_matches(dotted, _keys(Config), n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        raise ConfigError(f"{source}: unknown config key {dotted!r}{hint}")
+    section = getattr(cfg, parts[0])
+    current = getattr(section, parts[1])
+    if isinstance(current, bool) and not isinstance(value, bool):
+        raise ConfigError(f"{source}: {dotted} must be true or false, got {value!r}")
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(current, (int, float, str)) and current is not None and not isinstance(current, bool):
+        if not isinstance(value, type(current)):
+            raise ConfigError(f"{source}: {dotted} must be {type(current).__name__}, got {value!r}")
+    setattr(section, parts[1], value)
+
+
+def load_config(path: str | None, overrides: list[str] = ()) -> Config:
+    cfg = Config()
+    if path:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections")
+        for sec, values in data.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path}: section {sec!r} must be a mapping")
+            for k, v in values.items():
+                _set(cfg, f"{sec}.{k}", v, path)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        k, v = item.split("=", 1)
+        _set(cfg, k.strip(), yaml.safe_load(v) if v.strip() else "", "override")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    checks = [
+        (cfg.run.stage in ("sft", "reward", "dpo", "mdpo", "mmdpo"), "run.stage must be sft|reward|dpo|mdpo|mmdpo"),
+        (cfg.data.layout in ("prefix_shared", "naive"), "data.layout must be prefix_shared|naive"),
+        (cfg.data.on_error in ("raise", "skip"), "data.on_error must be raise|skip"),
+        (cfg.optim.schedule in ("cosine", "linear", "constant"), "optim.schedule must be cosine|linear|constant"),
+        (cfg.ref.mode in ("copy", "cached"), "ref.mode must be copy|cached"),
+        (cfg.checkpoint.resume in ("auto", "never"), "checkpoint.resume must be auto|never"),
+        (cfg.train.steps > 0, "train.steps must be positive"),
+        (cfg.checkpoint.every > 0, "checkpoint.every must be positive"),
+        (cfg.optim.grad_accum >= 1 and cfg.data.batch_size % cfg.optim.grad_accum == 0,
+         "optim.grad_accum must divide data.batch_size"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+def describe() -> str:
+    """Every key with its default and help text (for ``--help``)."""
+    lines = []
+    for sec in dataclasses.fields(Config):
+        inst = sec.default_factory()
+        lines.append(f"{sec.name}:")
+        for f in dataclasses.fields(inst):
+            lines.append(f"  {sec.name}.{f.name} = {getattr(inst, f.name)!r}\n      {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def dump(cfg: Config, path: str) -> None:
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
