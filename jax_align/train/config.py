@@ -53,6 +53,7 @@ class DataConfig:
     shuffle: bool = _f(True, "shuffle every epoch (seeded by run.seed)")
     workers: int = _f(0, "Grain worker processes (0 = in-process)")
     on_error: str = _f("raise", "bad records: raise (stop with a message naming file, record and field) | skip")
+    num_responses: int = _f(0, "responses per group K (0 = from the stage: 2 for dpo/mmdpo, 4 for mdpo/reward)")
     world: dict = _f({}, "generate training data from the synthetic world when data.train is empty: {seed, n}")
 
 
@@ -152,6 +153,11 @@ def _set(cfg: Config, dotted: str, value, source: str) -> None:
     current = getattr(section, parts[1])
     if isinstance(current, bool) and not isinstance(value, bool):
         raise ConfigError(f"{source}: {dotted} must be true or false, got {value!r}")
+    if isinstance(current, (int, float)) and not isinstance(current, bool) and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-6" as a string; numeric keys accept it
+            value = type(current)(value)
+        except ValueError:
+            pass
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if isinstance(current, (int, float, str)) and current is not None and not isinstance(current, bool):

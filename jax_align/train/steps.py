@@ -188,7 +188,7 @@ def make_train_step(graphdef, spec: StepSpec, tx: optax.GradientTransformation):
         metrics = jax.tree.map(lambda m: m / n, metrics)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         params = optax.apply_updates(params, updates)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
         return new_state, metrics
 

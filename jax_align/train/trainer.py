@@ -155,7 +155,7 @@ class Trainer:
                           shuffle=cfg.data.shuffle, num_epochs=None, shard_index=jax.process_index(),
                           shard_count=n_proc, worker_count=cfg.data.workers,
                           on_error="strict" if cfg.data.on_error == "raise" else "skip", drop_remainder=True,
-                          num_responses=2 if stage in ("dpo", "mmdpo") else None)
+                          num_responses=2 if stage in ("dpo", "mmdpo") else (cfg.data.num_responses or None))
         pipeline = DataPipeline(dcfg)
         responses = dcfg.responses_per_group
         pad_id = pipeline.tokenizer.pad_id
@@ -180,9 +180,12 @@ class Trainer:
         frozen = jax.device_put(frozen, state_shardings(frozen, mesh, rules))
         if ref is not None:
             ref = jax.device_put(ref, state_shardings(ref, mesh, rules))
-        opt_state = jax.jit(tx.init)(params)
-        state = {"params": params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32),
-                 "rng": jax.random.key_data(jax.random.key(cfg.run.seed))}
+        replicated = NamedSharding(mesh, PartitionSpec())
+        on_mesh = lambda x: x if len(x.sharding.device_set) == mesh.size else jax.device_put(x, replicated)
+        opt_state = jax.tree.map(on_mesh, jax.jit(tx.init)(params))  # moments follow the params' shardings
+        state = {"params": params, "opt_state": opt_state,
+                 "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
+                 "rng": jax.device_put(jax.random.key_data(jax.random.key(cfg.run.seed)), replicated)}
         state_sh = jax.tree.map(lambda x: x.sharding, state)
 
         # ---- resume
