@@ -1,0 +1,55 @@
+"""``jax-align prefs bdhs --model MODEL --input SFT.jsonl --output PREFS.jsonl``: BDHS preference pairs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="recipe", metavar="RECIPE", required=True)
+    b = sub.add_parser("bdhs", help="rejected answers sampled with image attention masked (spec §2.2)")
+    b.add_argument("--model", required=True, help="policy: Hugging Face or jax-align model directory")
+    b.add_argument("--input", required=True, help="SFT records (LLaVA conversations, messages, or prompt/answer)")
+    b.add_argument("--output", required=True, help="pairwise JSONL: image, prompt, chosen, rejected, bdhs")
+    b.add_argument("--rho-th", type=float, default=0.99, help="mask threshold: keep an image token if rho >= this")
+    b.add_argument("--attempts", type=int, default=5, help="N_BDHS attempts (the last one is unguided)")
+    b.add_argument("--sim-threshold", type=float, default=0.97, help="accept when cosine to the truth is below")
+    b.add_argument("--embedder", default=None, help="sentence embedder directory (default: packaged MiniLM)")
+    b.add_argument("--temperature", type=float, default=0.0, help="masked policy decoding temperature (0 = greedy)")
+    b.add_argument("--max-new-tokens", type=int, default=48, help="tokens per guided sentence")
+    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--limit", type=int, default=0, help="use only the first N records (0 = all)")
+
+
+def read_jsonl(path: str) -> list[dict]:
+    records = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise SystemExit(f"{path}:{n}: invalid JSON ({e.msg})")
+    return records
+
+
+def run(args) -> int:
+    from jax_align.embedders import SentenceEmbedder
+    from jax_align.generate import Generator
+    from jax_align.recipes.bdhs import BDHSConfig, run_bdhs, write_pairs
+
+    records = read_jsonl(args.input)
+    if args.limit:
+        records = records[: args.limit]
+    cfg = BDHSConfig(rho_th=args.rho_th, attempts=args.attempts, sim_threshold=args.sim_threshold,
+                     temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                     batch_size=args.batch_size)
+    base = os.path.dirname(os.path.abspath(args.input))
+    pairs, stats = run_bdhs(Generator.from_model_dir(args.model), records, base_dir=base,
+                            embedder=SentenceEmbedder.from_path(args.embedder), cfg=cfg, progress=print)
+    write_pairs(pairs, base, args.output)
+    print(json.dumps({k: v for k, v in stats.items() if k != "config"}))
+    return 0

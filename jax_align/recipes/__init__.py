@@ -1,0 +1,1 @@
+"""Preference-data recipes of the seed papers (see ../shared/spec/algorithms.md)."""
