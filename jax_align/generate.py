@@ -293,6 +293,7 @@ class Generator:
             if seq is not None and len(seq) != n:
                 raise ValueError(f"{name} has {len(seq)} entries for {n} prompts")
         stops = tuple(dict.fromkeys([*sp.stop_token_ids, *self.eos_ids, *self.stop_ids_for(stop_strings)]))
+        stops = tuple(t for t in stops if t not in sp.banned_token_ids)
         sp = sp.replace(stop_token_ids=stops, pad_token_id=self.pad_id)
         max_pos = self.config.text.max_position_embeddings
         image_id = self.tokenizer.image_token_id

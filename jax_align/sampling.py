@@ -45,6 +45,7 @@ class SamplingParams:
     n_samples: int = 1
     stop_token_ids: tuple[int, ...] = ()
     pad_token_id: int = 0
+    banned_token_ids: tuple[int, ...] = ()  # never emitted (e.g. EOS while a sentence must be finished)
 
     def __post_init__(self):
         if int(self.max_new_tokens) < 1:
@@ -58,6 +59,7 @@ class SamplingParams:
         if int(self.n_samples) < 1:
             raise ValueError(f"n_samples must be >= 1, got {self.n_samples}")
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+        object.__setattr__(self, "banned_token_ids", tuple(int(t) for t in self.banned_token_ids))
 
     @property
     def greedy(self) -> bool:
@@ -95,6 +97,8 @@ def sample_next(logits, key, sp: SamplingParams):
 
     ``key`` is one key for the batch, or ``[B]`` keys (one per row).
     """
+    if sp.banned_token_ids:
+        logits = logits.at[:, jnp.asarray(sp.banned_token_ids)].set(jnp.finfo(logits.dtype).min)
     if sp.greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     filtered = filter_logits(logits, sp.temperature, sp.top_k, sp.top_p)

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             if args.save_answers:
                 write_answers(bench, responses, args.save_answers)
             result = score(bench, responses)
-    except (ValueError, RuntimeError) as e:
+    except (ValueError, RuntimeError, OSError) as e:
         print(f"jax-align eval: {e}")
         return 1
     print(format_table(result.metrics, result.counts))

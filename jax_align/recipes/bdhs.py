@@ -141,8 +141,9 @@ def run_bdhs(generator, records: list[dict], *, base_dir: str, embedder, cfg: BD
                     prompts.append(prompt)
                     prefixes.append(job.prefix or None)
                     keeps.append(masks[i])
+        # a guided continuation runs to the sentence's full stop: end-of-sequence is not allowed before it
         sp = SamplingParams(max_new_tokens=cfg.max_new_tokens * (4 if free else 1), temperature=cfg.temperature,
-                            top_p=cfg.top_p)
+                            top_p=cfg.top_p, banned_token_ids=() if free else generator.eos_ids)
         outs = generator.generate(prompts, sp, seed=cfg.seed * 1000 + attempt, batch_size=cfg.batch_size,
                                   base_dir=base_dir, keep_masks=keeps, response_prefixes=prefixes,
                                   stop_strings=() if free else (".", "!", "?")) if prompts else []

@@ -33,7 +33,8 @@ def build_multilevel(generator, records: list[dict], *, base_dir: str, cfg: BDHS
             prefixes.append(prefix or None)
             keeps.append(keep)
             where.append((i, k, kept))
-    sp = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+    sp = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                        banned_token_ids=generator.eos_ids)
     outs = generator.generate(prompts, sp, seed=cfg.seed + 7, batch_size=cfg.batch_size, base_dir=base_dir,
                               keep_masks=keeps, response_prefixes=prefixes, stop_strings=(".", "!", "?"))
     variants: dict[int, dict[int, str]] = {}
