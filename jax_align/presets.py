@@ -65,8 +65,10 @@ def tiny_world_model_dir(out_dir: str, tokenizer_dir: str, **sizes) -> str:
     for f in glob.glob(os.path.join(tokenizer_dir, "*")):
         if os.path.isfile(f):
             shutil.copy2(f, os.path.join(out_dir, os.path.basename(f)))
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
     with open(os.path.join(out_dir, "preprocessor_config.json"), "w") as f:
         json.dump(clip_preprocessor_config(cfg["vision_config"]["image_size"]), f, indent=2)
+    tmp = os.path.join(out_dir, "config.json.tmp")  # config.json last and atomically: it marks a complete dir
+    with open(tmp, "w") as f:
+        json.dump(cfg, f, indent=2)
+    os.replace(tmp, os.path.join(out_dir, "config.json"))
     return out_dir

@@ -14,7 +14,7 @@ def pairs_from_scored(scored_path: str, out_path: str) -> int:
     and the last (worst) candidate of every group whose scores differ. Returns the number written."""
     base_in, base_out = os.path.dirname(os.path.abspath(scored_path)), os.path.dirname(os.path.abspath(out_path))
     n = 0
-    with open(scored_path) as src, open(out_path, "w") as dst:
+    with open(scored_path) as src, open(out_path + ".tmp", "w") as dst:
         for line in src:
             rec = json.loads(line)
             responses, scores = rec["responses"], rec.get("scores") or []
@@ -24,6 +24,7 @@ def pairs_from_scored(scored_path: str, out_path: str) -> int:
             dst.write(json.dumps({"image": image, "prompt": rec["prompt"], "chosen": responses[0],
                                   "rejected": responses[-1]}) + "\n")
             n += 1
+    os.replace(out_path + ".tmp", out_path)  # atomic: a killed run never leaves a truncated file behind
     return n
 
 
@@ -32,7 +33,7 @@ def ranked_from_scored(scored_path: str, out_path: str, levels: int = 4) -> int:
     ``levels`` candidates. Returns the number written."""
     base_in, base_out = os.path.dirname(os.path.abspath(scored_path)), os.path.dirname(os.path.abspath(out_path))
     n = 0
-    with open(scored_path) as src, open(out_path, "w") as dst:
+    with open(scored_path) as src, open(out_path + ".tmp", "w") as dst:
         for line in src:
             rec = json.loads(line)
             responses = rec["responses"][:levels]
@@ -44,4 +45,5 @@ def ranked_from_scored(scored_path: str, out_path: str, levels: int = 4) -> int:
                 out["scores"] = rec["scores"][:levels]
             dst.write(json.dumps(out) + "\n")
             n += 1
+    os.replace(out_path + ".tmp", out_path)
     return n
