@@ -151,6 +151,10 @@ def _set(cfg: Config, dotted: str, value, source: str) -> None:
         raise ConfigError(f"{source}: unknown config key {dotted!r}{hint}")
     section = getattr(cfg, parts[0])
     current = getattr(section, parts[1])
+    declared = {f.name: f.type for f in dataclasses.fields(section)}[parts[1]]
+    if declared in (Any, "Any"):  # free-form keys (a loss type or a list of them)
+        setattr(section, parts[1], value)
+        return
     if isinstance(current, bool) and not isinstance(value, bool):
         raise ConfigError(f"{source}: {dotted} must be true or false, got {value!r}")
     if isinstance(current, (int, float)) and not isinstance(current, bool) and isinstance(value, str):
