@@ -134,3 +134,17 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(None, ["train.steps=ten"])
     text = describe()
     assert "optim.lr = 1e-05" in text and "checkpoint.resume = 'auto'" in text
+
+
+def test_cached_reference_equals_frozen_copy(world, tmp_path):
+    """ref.mode=cached (one reference pass, stored and reused) trains exactly like the frozen-copy reference."""
+    common = ["train.steps=3", "optim.lr=1e-3", "data.batch_size=4", "data.shuffle=false"]
+    copy = Trainer(_cfg(world, str(tmp_path / "copy"), "dpo", "pairs.jsonl", *common)).run()
+    cached_dir = str(tmp_path / "cached")
+    cached = Trainer(_cfg(world, cached_dir, "dpo", "pairs.jsonl", *common, "ref.mode=cached")).run()
+    a = [m["loss"] for m in _metrics(str(tmp_path / "copy"))]
+    b = [m["loss"] for m in _metrics(cached_dir)]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert copy["loss"] == pytest.approx(cached["loss"], rel=1e-5)
+    entries = os.listdir(os.path.join(cached_dir, "ref_cache"))
+    assert len(entries) == 1  # one key: data + weights + tokenizer + max length

@@ -97,7 +97,7 @@ def preference_loss(model, ref_model, batch, spec: StepSpec):
     """DPO / MM-DPO (K = 2, chosen first) and MDPO (K levels, best first)."""
     logps, counts = response_logps(model, batch, spec)
     if spec.cached_ref:
-        ref = batch["ref_logps"]
+        ref = batch["reference_logps"]  # from the reference log-prob cache (or the records themselves)
     else:
         ref = jax.lax.stop_gradient(response_logps(ref_model, batch, spec)[0])
     group_ok = counts[:, 0] > 0

@@ -156,8 +156,11 @@ class Trainer:
                           shard_count=n_proc, worker_count=cfg.data.workers,
                           on_error="strict" if cfg.data.on_error == "raise" else "skip", drop_remainder=True,
                           num_responses=2 if stage in ("dpo", "mmdpo") else (cfg.data.num_responses or None))
-        pipeline = DataPipeline(dcfg)
         responses = dcfg.responses_per_group
+        table = None
+        if stage in ("dpo", "mdpo", "mmdpo") and cfg.ref.mode == "cached":
+            table = self._reference_table(dcfg, model, model_dir, micro_groups, responses)
+        pipeline = DataPipeline(dcfg, reference_logps=table)
         pad_id = pipeline.tokenizer.pad_id
 
         # ---- parameters, reference, optimizer
@@ -255,6 +258,33 @@ class Trainer:
         print("summary: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                      for k, v in summary.items()), flush=True)
         return summary
+
+    def _reference_table(self, dcfg, model, model_dir: str, groups: int, responses: int):
+        """Reference log-probs ``[num_records, K]`` of the starting policy, computed once and cached under
+        ``run.dir/ref_cache`` keyed by data, weights, tokenizer and max length (issue 4 item 9)."""
+        from jax_align.data.ref_cache import ReferenceLogpCache, fingerprint_arrays, reference_pass_batches
+
+        from .steps import response_logps
+
+        cfg = self.cfg
+        graphdef, state = nnx.split(model)
+        cache = ReferenceLogpCache.for_run(
+            os.path.join(cfg.run.dir, "ref_cache"), dataset_path=dcfg.path,
+            weights_fingerprint=fingerprint_arrays(np.asarray(x) for x in jax.tree.leaves(state)),
+            model_dir=model_dir, max_length=dcfg.row_length_limit,
+            extra={"layout": dcfg.layout, "K": responses, "round_weight": dcfg.round_weight})
+        spec = StepSpec.from_config(cfg, groups=groups, responses=responses)
+
+        @jax.jit
+        def logps(state, batch):
+            return response_logps(nnx.merge(graphdef, state), batch, spec)[0]
+
+        def compute(batch):
+            return np.asarray(logps(state, {k: jnp.asarray(v) for k, v in batch.items()}))
+
+        _, n_records, k = reference_pass_batches(dcfg)
+        return cache.get_or_compute(lambda: reference_pass_batches(dcfg)[0], compute, num_records=n_records,
+                                    num_responses=k)
 
     def _lr(self, tx, step):
         from .optim import schedule
