@@ -26,33 +26,39 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class DemoPlan:
-    train_scenes: int = 1500
+    train_scenes: int = 8000
     eval_scenes: int = 300
-    caption_steps: int = 400
+    caption_steps: int = 1000
     sft_steps: int = 600
     batch_size: int = 32
     caption_lr: float = 3e-3
     sft_lr: float = 2e-3
-    bdhs_records: int = 1200
-    dpo_steps: int = 150
-    dpo_lr: float = 2e-4
+    # BDHS prompts: detailed captions, existence questions (half of them co-occurrence negatives/positives, the
+    # POPE-adversarial kind, over the *training* scenes) and attribute/position VQA
+    bdhs_captions: int = 2000
+    bdhs_existence: int = 1500
+    bdhs_vqa: int = 800
+    bdhs_extend: float = 0.5  # one extra masked sentence after half of the captions (extra-object hallucinations)
+    dpo_steps: int = 400
+    dpo_lr: float = 3e-4
     dpo_beta: float = 0.1
+    dpo_sft_weight: float = 1.0
     dpo_batch: int = 32
-    mdpo_records: int = 600
-    mdpo_steps: int = 120
+    mdpo_records: int = 1000
+    mdpo_steps: int = 200
     mdpo_lr: float = 1e-4
     reward_steps: int = 150
     reward_lr: float = 5e-4
-    mmdpo_steps: int = 150
-    mmdpo_gamma: float = 0.25
+    mmdpo_steps: int = 300
+    mmdpo_gamma: float = 1.0
     max_length: int = 128
     eval_batch: int = 64
     caption_tokens: int = 80
 
 
-QUICK = DemoPlan(train_scenes=24, eval_scenes=8, caption_steps=4, sft_steps=4, batch_size=8, bdhs_records=16,
-                 dpo_steps=3, dpo_batch=4, mdpo_records=8, mdpo_steps=3, reward_steps=3, mmdpo_steps=3, eval_batch=16,
-                 caption_tokens=32)
+QUICK = DemoPlan(train_scenes=24, eval_scenes=8, caption_steps=4, sft_steps=4, batch_size=8, bdhs_captions=6,
+                 bdhs_existence=6, bdhs_vqa=4, dpo_steps=3, dpo_batch=4, mdpo_records=8, mdpo_steps=3, reward_steps=3,
+                 mmdpo_steps=3, eval_batch=16, caption_tokens=32)
 
 
 class Demo:
@@ -139,7 +145,8 @@ class Demo:
 
         pairs = self._timed("bdhs", self._bdhs, sft_hf)
         dpo = self._timed("train dpo", self._train, "dpo", "dpo", pairs, p.dpo_steps, p.dpo_lr,
-                          **{"model.path": sft_hf, "loss.beta": p.dpo_beta, "batch": p.dpo_batch})
+                          **{"model.path": sft_hf, "loss.beta": p.dpo_beta, "loss.sft_weight": p.dpo_sft_weight,
+                             "batch": p.dpo_batch})
         self._timed("eval dpo", self._evaluate, "dpo", self._export("dpo", dpo))
 
         ranked = self._timed("multi-level data", self._multilevel, sft_hf)
@@ -169,13 +176,48 @@ class Demo:
         idx = np.random.default_rng(self.seed + 1).permutation(len(records))[:n]
         return [records[i] for i in sorted(idx)]
 
+    def _bdhs_prompts(self) -> list[dict]:
+        """BDHS inputs (ground-truth answers) from the training world only.
+
+        Detailed captions and attribute/position VQA come from the SFT set; existence questions are asked over
+        the training scenes in the POPE style, half of them about the usual companions of present objects
+        (co-occurrence negatives and positives), because that is the hallucination the bias teaches. Count
+        questions are left out: the masked policy's answer ("One.") is also the most frequent truth, so BDHS
+        would only keep pairs whose chosen count is larger and DPO would learn to over-count.
+        """
+        import numpy as np
+
+        from jax_align.world.datasets import read_jsonl
+
+        p = self.plan
+        rng = np.random.default_rng(self.seed + 1)
+        sft = read_jsonl(os.path.join(self.train_world, "sft.jsonl"))
+        pope = read_jsonl(os.path.join(self.train_world, "pope.jsonl"))
+        captions = [r for r in sft if r["id"].endswith("-caption")]
+        vqa = [r for r in sft if "-vqa" in r["id"] and not r["conversations"][0]["value"].split("\n")[-1]
+               .startswith("How many")]
+        adversarial = [q for q in pope if q["split"] == "adversarial"]
+        others = [q for q in pope if q["split"] != "adversarial"]
+
+        def take(items, n):
+            return [items[i] for i in sorted(rng.permutation(len(items))[: min(n, len(items))])]
+
+        def as_sft(q):
+            answer = "Yes." if q["label"] == "yes" else "No."
+            return {"image": q["image"], "conversations": [{"from": "human", "value": "<image>\n" + q["prompt"]},
+                                                          {"from": "gpt", "value": answer}]}
+
+        n_adv = p.bdhs_existence // 2
+        existence = [as_sft(q) for q in take(adversarial, n_adv) + take(others, p.bdhs_existence - n_adv)]
+        return take(captions, p.bdhs_captions) + existence + take(vqa, p.bdhs_vqa)
+
     def _bdhs(self, model_dir: str) -> str:
         from jax_align.embedders import SentenceEmbedder
         from jax_align.generate import get_generator
         from jax_align.recipes.bdhs import BDHSConfig, run_bdhs, write_pairs
 
-        records = self._sft_subset(self.plan.bdhs_records)
-        cfg = BDHSConfig(seed=self.seed, batch_size=self.plan.eval_batch)
+        records = self._bdhs_prompts()
+        cfg = BDHSConfig(seed=self.seed, batch_size=self.plan.eval_batch, extend_prob=self.plan.bdhs_extend)
         pairs, stats = run_bdhs(get_generator(model_dir), records, base_dir=self.train_world,
                                 embedder=SentenceEmbedder.from_path(None), cfg=cfg, progress=self.log)
         out = self._path("data", "bdhs_pairs.jsonl")

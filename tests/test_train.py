@@ -148,3 +148,16 @@ def test_cached_reference_equals_frozen_copy(world, tmp_path):
     assert copy["loss"] == pytest.approx(cached["loss"], rel=1e-5)
     entries = os.listdir(os.path.join(cached_dir, "ref_cache"))
     assert len(entries) == 1  # one key: data + weights + tokenizer + max length
+
+
+def test_image_dropout_hides_whole_rows():
+    import jax
+    import jax.numpy as jnp
+
+    from jax_align.train.steps import image_dropout_mask
+
+    batch = {"input_ids": jnp.zeros((400, 7), jnp.int32)}
+    keep = np.asarray(image_dropout_mask(batch, 0.25, jax.random.key(0)))
+    assert keep.shape == (400, 7)
+    assert (keep.all(axis=1) | (~keep).all(axis=1)).all()  # a row is all visible or all hidden
+    assert 0.15 < (~keep[:, 0]).mean() < 0.35

@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--sim-threshold", type=float, default=0.97, help="accept when cosine to the truth is below")
     b.add_argument("--embedder", default=None, help="sentence embedder directory (default: packaged MiniLM)")
     b.add_argument("--temperature", type=float, default=0.0, help="masked policy decoding temperature (0 = greedy)")
+    b.add_argument("--retry-temperature", type=float, default=1.0, help="temperature of attempts after the first")
+    b.add_argument("--extend-prob", type=float, default=0.0,
+                   help="probability of one extra masked sentence after a multi-sentence answer (extension)")
     b.add_argument("--max-new-tokens", type=int, default=48, help="tokens per guided sentence")
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--seed", type=int, default=0)
@@ -45,7 +48,8 @@ def run(args) -> int:
     if args.limit:
         records = records[: args.limit]
     cfg = BDHSConfig(rho_th=args.rho_th, attempts=args.attempts, sim_threshold=args.sim_threshold,
-                     temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                     temperature=args.temperature, retry_temperature=args.retry_temperature,
+                     extend_prob=args.extend_prob, max_new_tokens=args.max_new_tokens, seed=args.seed,
                      batch_size=args.batch_size)
     base = os.path.dirname(os.path.abspath(args.input))
     pairs, stats = run_bdhs(Generator.from_model_dir(args.model), records, base_dir=base,

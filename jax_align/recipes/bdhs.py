@@ -11,7 +11,10 @@ rejected answer's sentence-embedding cosine to the ground truth falls below eps_
 Decisions marked [inferred] in the spec: the pivot is a word boundary; sentences split on ``. ! ?`` followed by
 whitespace; the mask applies to every layer and every decode step (the sampler stores it in the KV cache). A
 one-word sentence (``Yes.``) has no inner pivot: when flipped it is used as is, otherwise it is regenerated whole.
-Only the first human/gpt exchange of a conversation is used.
+Only the first human/gpt exchange of a conversation is used. The first attempt decodes greedily (the prior's most
+likely text); retries sample (``retry_temperature``), so that an answer the prior gets right still yields a
+different rejected answer and short-answer pairs are not all "anti-prior". The similarity check uses
+all-MiniLM-L6-v2 (the paper: all-mpnet-base-v2), whose cosines are on a somewhat different scale.
 """
 
 from __future__ import annotations
@@ -37,8 +40,12 @@ class BDHSConfig:
     attempts: int = 5  # N_BDHS
     sim_threshold: float = 0.97  # eps_s
     swap_prob: float = 0.5
-    temperature: float = 0.0  # the masked policy's decoding (0 = greedy: the prior's most likely text)
-    top_p: float = 1.0
+    temperature: float = 0.0  # first attempt (0 = greedy: the prior's most likely text)
+    retry_temperature: float = 1.0  # later attempts sample, so a prior that agrees with the truth still yields
+    top_p: float = 1.0  # a different answer instead of the same greedy text again
+    # [library extension, off by default] probability of one more masked sentence after the ground truth's last
+    # one: the "extra object" hallucination (an absent companion appended to a correct description)
+    extend_prob: float = 0.0
     max_new_tokens: int = 48  # per guided sentence; free generations get 4x
     seed: int = 0
     batch_size: int = 64
@@ -84,7 +91,8 @@ class _Job:
     fixed: str | None = None  # a sentence used as is (flipped one-word answer)
 
 
-def _plan_guided(answer: str, rng: np.random.Generator, swap_prob: float, record: int) -> list[_Job]:
+def _plan_guided(answer: str, rng: np.random.Generator, swap_prob: float, record: int,
+                 extend_prob: float = 0.0) -> list[_Job]:
     sentences = split_sentences(answer)
     jobs = []
     for k, sentence in enumerate(sentences):
@@ -105,6 +113,8 @@ def _plan_guided(answer: str, rng: np.random.Generator, swap_prob: float, record
         kept = " ".join(words[:pivot])
         prefix = (earlier + " " + kept).strip() if kept else earlier
         jobs.append(_Job(record, k, prefix, kept))
+    if len(sentences) > 1 and extend_prob and rng.random() < extend_prob:
+        jobs.append(_Job(record, len(sentences), " ".join(sentences), ""))
     return jobs
 
 
@@ -134,7 +144,7 @@ def run_bdhs(generator, records: list[dict], *, base_dir: str, embedder, cfg: BD
             if free:
                 plan = [_Job(i, 0, "", "")]
             else:
-                plan = _plan_guided(exchanges[i][1], rng, cfg.swap_prob, i)
+                plan = _plan_guided(exchanges[i][1], rng, cfg.swap_prob, i, cfg.extend_prob)
             for job in plan:
                 jobs.append(job)
                 if job.fixed is None:
@@ -142,7 +152,8 @@ def run_bdhs(generator, records: list[dict], *, base_dir: str, embedder, cfg: BD
                     prefixes.append(job.prefix or None)
                     keeps.append(masks[i])
         # a guided continuation runs to the sentence's full stop: end-of-sequence is not allowed before it
-        sp = SamplingParams(max_new_tokens=cfg.max_new_tokens * (4 if free else 1), temperature=cfg.temperature,
+        sp = SamplingParams(max_new_tokens=cfg.max_new_tokens * (4 if free else 1),
+                            temperature=cfg.temperature if attempt == 1 else cfg.retry_temperature,
                             top_p=cfg.top_p, banned_token_ids=() if free else generator.eos_ids)
         outs = generator.generate(prompts, sp, seed=cfg.seed * 1000 + attempt, batch_size=cfg.batch_size,
                                   base_dir=base_dir, keep_masks=keeps, response_prefixes=prefixes,

@@ -98,6 +98,7 @@ class TrainConfig:
     steps: int = _f(100, "optimizer steps")
     log_every: int = _f(1, "write metrics every N steps")
     token_chunk: int = _f(256, "tokens per chunk of the log-prob head")
+    image_dropout: float = _f(0.0, "SFT: probability that a row's image tokens are all hidden (modality dropout)")
     progress: bool = _f(True, "show a progress bar")
 
 

@@ -44,6 +44,7 @@ class StepSpec:
     reward_margin: bool
     center_rewards: float
     cached_ref: bool
+    image_dropout: float = 0.0
 
     @classmethod
     def from_config(cls, cfg: Config, groups: int, responses: int) -> "StepSpec":
@@ -54,18 +55,26 @@ class StepSpec:
                    loss_weights=tuple(lw) if isinstance(lw, list) else lw, label_smoothing=cfg.loss.label_smoothing,
                    penalty=cfg.loss.penalty, pairs=cfg.loss.pairs, margin_w=cfg.loss.margin_w,
                    margin_k=cfg.loss.margin_k, sft_weight=cfg.loss.sft_weight, reward_margin=cfg.loss.reward_margin,
-                   center_rewards=cfg.loss.center_rewards, cached_ref=cfg.ref.mode == "cached")
+                   center_rewards=cfg.loss.center_rewards, cached_ref=cfg.ref.mode == "cached",
+                   image_dropout=cfg.train.image_dropout if cfg.run.stage == "sft" else 0.0)
 
 
-def hidden_states(model, batch):
+def hidden_states(model, batch, keep=None):
     hidden, _ = model.hidden_states(batch["input_ids"], batch["pixel_values"], segment_ids=batch["segment_ids"],
-                                    prefix_segment_ids=batch["prefix_segment_ids"], positions=batch["positions"])
+                                    prefix_segment_ids=batch["prefix_segment_ids"], positions=batch["positions"],
+                                    image_keep_mask=keep)
     return hidden
 
 
-def response_logps(model, batch, spec: StepSpec, hidden=None):
+def image_dropout_mask(batch, rate: float, key):
+    """Modality dropout: each row's image tokens are all hidden with probability ``rate`` (keep-mask [B, T])."""
+    hide = jax.random.bernoulli(key, rate, (batch["input_ids"].shape[0], 1))
+    return jnp.broadcast_to(~hide, batch["input_ids"].shape)
+
+
+def response_logps(model, batch, spec: StepSpec, hidden=None, keep=None):
     """Summed (weighted) log-probs ``[G, K]`` and token counts ``[G, K]`` of every response in the batch."""
-    hidden = hidden_states(model, batch) if hidden is None else hidden
+    hidden = hidden_states(model, batch, keep) if hidden is None else hidden
     h = jnp.take_along_axis(hidden, batch["label_src"][..., None], axis=1)
     tok = token_logprobs(h, model.head_weight(), batch["labels"], token_chunk=spec.token_chunk)
     g, k = spec.groups, spec.responses
@@ -86,8 +95,9 @@ def _masked_metrics(metrics: dict) -> dict:
     return {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
 
-def sft_loss(model, batch, spec: StepSpec):
-    logps, counts = response_logps(model, batch, spec)
+def sft_loss(model, batch, spec: StepSpec, key=None):
+    keep = image_dropout_mask(batch, spec.image_dropout, key) if spec.image_dropout else None
+    logps, counts = response_logps(model, batch, spec, keep=keep)
     total = jnp.maximum(jnp.sum(counts), 1)
     loss = -jnp.sum(logps) / total
     return loss, {"loss": loss, "nll": loss, "tokens": jnp.sum(counts).astype(jnp.float32)}
@@ -149,10 +159,10 @@ def reward_loss(model, head, batch, spec: StepSpec):
 def make_loss_fn(graphdef, spec: StepSpec):
     """``loss_fn(trainable, frozen, ref_params, batch) -> (loss, metrics)``, pure."""
 
-    def loss_fn(trainable, frozen, ref_params, batch):
+    def loss_fn(trainable, frozen, ref_params, batch, key=None):
         model = nnx.merge(graphdef, trainable["model"], frozen)
         if spec.stage == "sft":
-            return sft_loss(model, batch, spec)
+            return sft_loss(model, batch, spec, key)
         if spec.stage == "reward":
             return reward_loss(model, trainable["reward_head"], batch, spec)
         ref_model = None if spec.cached_ref else nnx.merge(graphdef, ref_params)
@@ -173,17 +183,20 @@ def make_train_step(graphdef, spec: StepSpec, tx: optax.GradientTransformation):
     def step(state, frozen, ref_params, micro_batches):
         params = state["params"]
 
-        def one(acc, mb):
-            (_, metrics), grads = grad_fn(params, frozen, ref_params, mb)
+        base_key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+
+        def one(acc, xs):
+            mb, i = xs
+            (_, metrics), grads = grad_fn(params, frozen, ref_params, mb, jax.random.fold_in(base_key, i))
             acc_g, acc_m = acc
             return (jax.tree.map(jnp.add, acc_g, grads), jax.tree.map(jnp.add, acc_m, metrics)), None
 
         zeros_g = jax.tree.map(jnp.zeros_like, params)
         first = jax.tree.map(lambda x: x[0], micro_batches)
         zeros_m = jax.tree.map(lambda x: jnp.zeros((), jnp.float32),
-                               jax.eval_shape(lambda: loss_fn(params, frozen, ref_params, first)[1]))
-        (grads, metrics), _ = jax.lax.scan(one, (zeros_g, zeros_m), micro_batches)
+                               jax.eval_shape(lambda: loss_fn(params, frozen, ref_params, first, base_key)[1]))
         n = jax.tree.leaves(micro_batches)[0].shape[0]
+        (grads, metrics), _ = jax.lax.scan(one, (zeros_g, zeros_m), (micro_batches, jnp.arange(n)))
         grads = jax.tree.map(lambda g: g / n, grads)
         metrics = jax.tree.map(lambda m: m / n, metrics)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
