@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from .lora import LoRAParam, lora_update
+
 
 def param(rngs: nnx.Rngs | None, shape, axes, dtype, init="normal", std=0.02) -> nnx.Param:
     """A parameter with logical axis names. ``rngs=None`` (abstract creation) still needs a key: use 0."""
@@ -27,16 +29,63 @@ def param(rngs: nnx.Rngs | None, shape, axes, dtype, init="normal", std=0.02) ->
 
 
 class Dense(nnx.Module):
+    """``y = x @ kernel (+ bias)``, kernel ``[in, out]`` with logical ``axes`` ``(in_axis, out_axis)``.
+
+    Optional LoRA (see :mod:`.lora`): after :meth:`add_lora` the layer also adds
+    ``lora_scale * dropout(x) @ lora_a @ lora_b`` with ``lora_a [in, r]`` (axes ``(in_axis, "lora_rank")``)
+    and ``lora_b [r, out]`` (axes ``("lora_rank", out_axis)``) stored as :class:`~.lora.LoRAParam`. Without
+    adapters ``lora_a``/``lora_b`` are None and the forward pass is unchanged.
+    """
+
     def __init__(self, din, dout, *, axes, use_bias=True, rngs=None, param_dtype=jnp.float32, dtype=None,
                  std=None):
         std = std if std is not None else 1.0 / math.sqrt(din)
         self.kernel = param(rngs, (din, dout), axes, param_dtype, std=std)
         self.bias = param(rngs, (dout,), axes[1:], param_dtype, init="zeros") if use_bias else None
         self.dtype = dtype
+        self._reset_lora()
+
+    def _reset_lora(self):
+        self.lora_a = nnx.data(None)
+        self.lora_b = nnx.data(None)
+        self.lora_scale = 0.0
+        self.lora_dropout = 0.0
+        self.lora_id = 0
+
+    def add_lora(self, rank: int, alpha: float, *, key: jax.Array, dropout: float = 0.0, layer_id: int = 0,
+                 param_dtype=jnp.float32) -> None:
+        """Attach adapters: ``lora_a`` Kaiming-uniform (bound ``1/sqrt(in)``, PEFT's default), ``lora_b``
+        zero (so the layer's output is unchanged), scale ``alpha / rank``. ``layer_id`` seeds this layer's
+        dropout masks."""
+        if self.lora_a is not None:
+            raise ValueError("Dense.add_lora: this layer already has adapters")
+        din, dout = self.kernel.get_value().shape
+        in_axis, out_axis = self.kernel.get_metadata().get("logical_axes", (None, None))
+        bound = 1.0 / math.sqrt(din)
+        a = jax.random.uniform(key, (din, rank), jnp.float32, -bound, bound).astype(param_dtype)
+        self.lora_a = LoRAParam(a, logical_axes=(in_axis, "lora_rank"))
+        self.lora_b = LoRAParam(jnp.zeros((rank, dout), param_dtype), logical_axes=("lora_rank", out_axis))
+        self.lora_scale = float(alpha) / rank
+        self.lora_dropout = float(dropout)
+        self.lora_id = int(layer_id)
+
+    def merge_lora(self) -> None:
+        """Fold ``lora_scale * lora_a @ lora_b`` into the kernel (computed in fp32, stored in the kernel's
+        dtype) and remove the adapters. No-op without adapters."""
+        if self.lora_a is None:
+            return
+        kernel = self.kernel.get_value()
+        delta = self.lora_scale * jnp.dot(self.lora_a.get_value().astype(jnp.float32),
+                                          self.lora_b.get_value().astype(jnp.float32))
+        self.kernel.set_value((kernel.astype(jnp.float32) + delta).astype(kernel.dtype))
+        self._reset_lora()
 
     def __call__(self, x):
         dtype = self.dtype or x.dtype
         y = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype))
+        if self.lora_a is not None:
+            y = y + lora_update(x, self.lora_a[...], self.lora_b[...], scale=self.lora_scale,
+                                dropout=self.lora_dropout, layer_id=self.lora_id, dtype=dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype)
         return y

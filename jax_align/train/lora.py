@@ -1,7 +1,8 @@
 """LoRA in training (issue 5 item 4): the ``lora.*`` config section and the few calls the trainer makes.
 
 With LoRA only the adapters train; the reference policy is the same model with adapters off (``lora_b``
-zeroed, no second copy of the base weights); the final model is exported with adapters merged into the kernels.
+zeroed, no second copy of the base weights); the final model is exported with adapters merged into the
+kernels.
 The layer-level mechanics live in :mod:`jax_align.models.lora`.
 
 Trainer sketch::
@@ -23,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from flax import nnx
-
 from jax_align.models.lora import (
     DEFAULT_TARGETS,
     LoRAParam,
@@ -45,7 +45,8 @@ __all__ = [
 class LoraConfig:
     """The ``lora`` section of the run config. ``rank = 0`` (the default) trains without adapters."""
 
-    rank: int = field(default=0, metadata={"help": "LoRA rank r (0 = off: full fine-tuning of the trainable groups)"})
+    rank: int = field(default=0, metadata={
+        "help": "LoRA rank r (0 = off: full fine-tuning of the trainable groups)"})
     alpha: float = field(default=16.0, metadata={"help": "LoRA alpha: adapters are scaled by alpha / rank"})
     dropout: float = field(default=0.0, metadata={"help": "dropout on the adapters' input during training"})
     targets: list = field(default_factory=lambda: list(DEFAULT_TARGETS), metadata={
