@@ -161,3 +161,26 @@ def test_image_dropout_hides_whole_rows():
     assert keep.shape == (400, 7)
     assert (keep.all(axis=1) | (~keep).all(axis=1)).all()  # a row is all visible or all hidden
     assert 0.15 < (~keep[:, 0]).mean() < 0.35
+
+
+def test_lora_dpo_trains_adapters_only_and_exports_merged(world, tmp_path):
+    src = os.path.join(world, "pairs.jsonl")
+    with open(src) as f, open(os.path.join(world, "pairs4b.jsonl"), "w") as g:
+        g.writelines(f.readlines()[:4])
+    run = str(tmp_path / "lora")
+    cfg = _cfg(world, run, "dpo", "pairs4b.jsonl", "train.steps=25", "optim.lr=5e-3", "data.batch_size=4",
+               "data.shuffle=false", "lora.rank=8", "lora.alpha=16", "checkpoint.every=25")
+    Trainer(cfg).run()
+    rows = _metrics(run)
+    assert rows[-1]["rewards/accuracies"] == 1.0 and rows[0]["loss"] == pytest.approx(0.6931, abs=1e-3)
+    import orbax.checkpoint as ocp
+
+    meta = ocp.StandardCheckpointer().metadata(os.path.join(run, "checkpoints", "25", "state"))
+    leaves = [".".join(str(k) for k in path) for path, _ in
+              __import__("jax").tree_util.tree_flatten_with_path(meta.item_metadata.tree["params"])[0]]
+    assert leaves and all("lora_a" in p or "lora_b" in p for p in leaves), leaves[:5]
+    from jax_align.model_store import load_model
+    from jax_align.models.convert import flat_params
+
+    _, _, params = load_model(os.path.join(run, "model"))
+    assert not any("lora" in str(p) for p, _ in flat_params(params))  # merged: a plain model

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from .lora import LoraConfig
+
 
 def _f(default, help_text: str):
     if isinstance(default, (list, dict)):
@@ -128,6 +130,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -208,6 +211,10 @@ def validate(cfg: Config) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    try:
+        cfg.lora.validate()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def describe() -> str:

@@ -16,10 +16,12 @@ import optax
 from flax import nnx
 
 from jax_align.logprobs import token_logprobs
+from jax_align.models.lora import lora_dropout_key
 from jax_align.losses import dpo_loss, mdpo_loss, reward_margin_beta
 from jax_align.reward_losses import bradley_terry_loss, ranked_bradley_terry_loss
 
 from .config import Config
+from .lora import reference_model
 
 IGNORE = -100
 
@@ -45,6 +47,8 @@ class StepSpec:
     center_rewards: float
     cached_ref: bool
     image_dropout: float = 0.0
+    lora: bool = False  # reference = the same weights with adapters off (no copy)
+    lora_dropout: float = 0.0
 
     @classmethod
     def from_config(cls, cfg: Config, groups: int, responses: int) -> "StepSpec":
@@ -56,7 +60,8 @@ class StepSpec:
                    penalty=cfg.loss.penalty, pairs=cfg.loss.pairs, margin_w=cfg.loss.margin_w,
                    margin_k=cfg.loss.margin_k, sft_weight=cfg.loss.sft_weight, reward_margin=cfg.loss.reward_margin,
                    center_rewards=cfg.loss.center_rewards, cached_ref=cfg.ref.mode == "cached",
-                   image_dropout=cfg.train.image_dropout if cfg.run.stage == "sft" else 0.0)
+                   image_dropout=cfg.train.image_dropout if cfg.run.stage == "sft" else 0.0,
+                   lora=cfg.lora.enabled, lora_dropout=cfg.lora.dropout if cfg.lora.enabled else 0.0)
 
 
 def hidden_states(model, batch, keep=None):
@@ -161,12 +166,19 @@ def make_loss_fn(graphdef, spec: StepSpec):
 
     def loss_fn(trainable, frozen, ref_params, batch, key=None):
         model = nnx.merge(graphdef, trainable["model"], frozen)
-        if spec.stage == "sft":
-            return sft_loss(model, batch, spec, key)
-        if spec.stage == "reward":
-            return reward_loss(model, trainable["reward_head"], batch, spec)
-        ref_model = None if spec.cached_ref else nnx.merge(graphdef, ref_params)
-        return preference_loss(model, ref_model, batch, spec)
+        if spec.cached_ref:
+            ref_model = None
+        elif spec.lora:
+            ref_model = reference_model(graphdef, trainable["model"], frozen)
+        else:
+            ref_model = None if ref_params is None else nnx.merge(graphdef, ref_params)
+        dropout_key = jax.random.fold_in(key, 1) if (spec.lora_dropout and key is not None) else None
+        with lora_dropout_key(dropout_key):  # only the policy's forward sees adapter dropout
+            if spec.stage == "sft":
+                return sft_loss(model, batch, spec, key)
+            if spec.stage == "reward":
+                return reward_loss(model, trainable["reward_head"], batch, spec)
+            return preference_loss(model, ref_model, batch, spec)
 
     return loss_fn
 

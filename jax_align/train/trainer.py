@@ -164,12 +164,20 @@ class Trainer:
         pad_id = pipeline.tokenizer.pad_id
 
         # ---- parameters, reference, optimizer
-        graphdef, trainable, frozen = split_trainable(model, cfg.model)
+        from jax_align.models.lora import merged_state, split_lora
+
+        from .lora import maybe_apply_lora
+
+        model, is_lora = maybe_apply_lora(model, cfg.lora, seed=cfg.run.seed)
+        if is_lora:  # only the adapters train; the reference is the same weights with adapters off
+            graphdef, trainable, frozen = split_lora(model)
+        else:
+            graphdef, trainable, frozen = split_trainable(model, cfg.model)
         params = {"model": trainable}
         if stage == "reward":
             params["reward_head"] = jnp.zeros((config.text.hidden_size,), jnp.float32)
         ref = None
-        if stage in ("dpo", "mdpo", "mmdpo") and cfg.ref.mode == "copy":
+        if stage in ("dpo", "mdpo", "mmdpo") and cfg.ref.mode == "copy" and not is_lora:
             ref_dtype = _dtype(cfg.ref.dtype) if cfg.ref.dtype else None
             full = nnx.state(model)
             # a real copy: the policy's buffers are donated to every step
@@ -248,8 +256,11 @@ class Trainer:
             iterator.close()
         # ---- final model
         model_out = os.path.join(cfg.run.dir, "model")
-        final = nnx.merge(graphdef, state["params"]["model"], frozen)
-        save_model(model_out, config, nnx.state(final), source_dir=model_dir)
+        if is_lora:  # adapters folded into the kernels: an ordinary model that exports to HF as is
+            final_state = merged_state(graphdef, state["params"]["model"], frozen)
+        else:
+            final_state = nnx.state(nnx.merge(graphdef, state["params"]["model"], frozen))
+        save_model(model_out, config, final_state, source_dir=model_dir)
         if "reward_head" in state["params"]:
             np.save(os.path.join(model_out, "reward_head.npy"), np.asarray(state["params"]["reward_head"]))
         summary = {"stage": stage, "steps": cfg.train.steps, "start_step": start, "compilations": len(compiled),
