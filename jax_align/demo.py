@@ -111,7 +111,7 @@ class Demo:
         return dst
 
     def _evaluate(self, name: str, model_dir: str) -> dict:
-        from jax_align.eval.evaluate import evaluate_model, write_answers, load_benchmarks
+        from jax_align.eval.evaluate import evaluate_model, load_benchmarks, write_answers
 
         p = self.plan
         res = evaluate_model(self.eval_world, model_dir, max_new_tokens=p.caption_tokens, batch_size=p.eval_batch)

@@ -35,7 +35,9 @@ def relative_changes(results: dict) -> dict:
         if name not in results:
             continue
         r = _row(results[name])
-        rel = lambda k: (r[k] - base[k]) / base[k] if base[k] else None
+        def rel(k, r=r):
+            return (r[k] - base[k]) / base[k] if base[k] else None
+
         out[name] = {"pope_adv_fpr_rel": rel("pope_adv_fpr"), "chair_i_rel": rel("chair_i"),
                      "vqa_delta_points": 100 * (r["vqa"] - base["vqa"])}
     return out
@@ -95,7 +97,7 @@ def write_report(demo) -> dict:
     with open(os.path.join(demo.out, "report.json"), "w") as f:
         json.dump(report, f, indent=2, sort_keys=True)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    fmt = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+    fmt = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=False)) + " |"
     table = [fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(r) for r in rows]
     plan = demo.settings()["plan"]
     lines = [

@@ -64,7 +64,7 @@ def spec_for(axes: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh
     table = dict(rules)
     used: set[str] = set()
     out = []
-    for name, dim in zip(axes, shape):
+    for name, dim in zip(axes, shape, strict=False):
         target = table.get(name) if name is not None else None
         targets = (target,) if isinstance(target, str) else tuple(target or ())
         targets = tuple(a for a in targets if a in mesh.shape and mesh.shape[a] > 1 and a not in used)

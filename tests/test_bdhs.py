@@ -52,7 +52,7 @@ class _FakeEmbedder:
     """Cosine 1.0 for identical texts, else 0.5: every differing candidate is accepted at once."""
 
     def cosine(self, a, b):
-        return np.array([1.0 if x == y else 0.5 for x, y in zip(a, b)])
+        return np.array([1.0 if x == y else 0.5 for x, y in zip(a, b, strict=False)])
 
 
 @pytest.fixture(scope="module")

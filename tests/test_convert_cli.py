@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
-
 from hf_fixtures import build_family, random_inputs, torch_logits
+
 from jax_align.cli.main import main
 
 

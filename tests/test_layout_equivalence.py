@@ -9,9 +9,9 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from jax_align.models import LlavaConfig, LlavaModel
 
 from jax_align.data.pipeline import DataConfig, DataPipeline
-from jax_align.models import LlavaConfig, LlavaModel
 from jax_align.presets import tiny_world_model_dir
 from jax_align.train.steps import StepSpec, response_logps
 from jax_align.world.datasets import write_world

@@ -8,7 +8,6 @@ import shutil
 
 import numpy as np
 import pytest
-
 from hf_fixtures import build_family, build_hf_llava, random_inputs, torch_logits
 from jax_align.models import CheckpointError, UnsupportedModelError, from_hf
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from hf_fixtures import FAMILIES, build_family, random_inputs, torch_logits
 from jax_align.models import from_hf, to_hf
 
@@ -52,8 +51,8 @@ def test_greedy_kv_cache_matches_generate(family):
     import jax
     import jax.numpy as jnp
     import torch
-
     from jax_align.models import load_hf_params
+
     from jax_align.sampling import Sampler, SamplingParams
 
     name, path, model, cfg, params, forward = family

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from hf_fixtures import build_family
 
 HERE = os.path.dirname(__file__)

@@ -97,7 +97,7 @@ def test_kill_and_resume_reproduces_run(tmp_path):
     pb = load_model(os.path.join(killed, "model"))[2]
     import jax
 
-    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=False):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
@@ -179,8 +179,9 @@ def test_lora_dpo_trains_adapters_only_and_exports_merged(world, tmp_path):
     leaves = [".".join(str(k) for k in path) for path, _ in
               __import__("jax").tree_util.tree_flatten_with_path(meta.item_metadata.tree["params"])[0]]
     assert leaves and all("lora_a" in p or "lora_b" in p for p in leaves), leaves[:5]
-    from jax_align.model_store import load_model
     from jax_align.models.convert import flat_params
+
+    from jax_align.model_store import load_model
 
     _, _, params = load_model(os.path.join(run, "model"))
     assert not any("lora" in str(p) for p, _ in flat_params(params))  # merged: a plain model

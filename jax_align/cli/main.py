@@ -47,7 +47,7 @@ def _load(module_name: str):
         return importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name == module_name:
-            raise SystemExit(f"jax-align: this command is not available yet ({module_name} is missing)")
+            raise SystemExit(f"jax-align: this command is not available yet ({module_name} is missing)") from None
         raise
 
 

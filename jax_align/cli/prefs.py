@@ -35,7 +35,7 @@ def read_jsonl(path: str) -> list[dict]:
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise SystemExit(f"{path}:{n}: invalid JSON ({e.msg})")
+                    raise SystemExit(f"{path}:{n}: invalid JSON ({e.msg})") from None
     return records
 
 

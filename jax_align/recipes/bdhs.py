@@ -170,7 +170,7 @@ def run_bdhs(generator, records: list[dict], *, base_dir: str, embedder, cfg: BD
         candidates = {i: " ".join(t for _, t in sorted(pieces[i])).strip() for i in pending}
         sims = embedder.cosine([candidates[i] for i in pending], [exchanges[i][1] for i in pending])
         still = []
-        for i, sim in zip(pending, sims):
+        for i, sim in zip(pending, sims, strict=False):
             rejected[i] = candidates[i]
             info[i] = {"rho_th": cfg.rho_th, "attempts": attempt, "similarity": round(float(sim), 6),
                        "guided": not free}

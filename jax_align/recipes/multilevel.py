@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from jax_align.recipes.bdhs import BDHSConfig, first_exchange, split_sentences, swap_yes_no, _YES_NO
+from jax_align.recipes.bdhs import _YES_NO, BDHSConfig, first_exchange, split_sentences, swap_yes_no
 from jax_align.sampling import SamplingParams
 
 
-def build_multilevel(generator, records: list[dict], *, base_dir: str, cfg: BDHSConfig = BDHSConfig()) -> list[dict]:
+def build_multilevel(generator, records: list[dict], *, base_dir: str, cfg: BDHSConfig | None = None) -> list[dict]:
     """Ranked records ``{image, prompt, responses (best first), scores}`` from SFT ``records``."""
+    cfg = cfg or BDHSConfig()
     rng = np.random.default_rng(cfg.seed + 7)
     n_img = generator.config.num_image_tokens
     prompts, prefixes, keeps, where = [], [], [], []
@@ -38,7 +39,7 @@ def build_multilevel(generator, records: list[dict], *, base_dir: str, cfg: BDHS
     outs = generator.generate(prompts, sp, seed=cfg.seed + 7, batch_size=cfg.batch_size, base_dir=base_dir,
                               keep_masks=keeps, response_prefixes=prefixes, stop_strings=(".", "!", "?"))
     variants: dict[int, dict[int, str]] = {}
-    for (i, k, kept), out in zip(where, outs):
+    for (i, k, kept), out in zip(where, outs, strict=False):
         cont = out.completions[0].continuation
         text = " ".join((kept + cont if kept else cont.strip()).split())
         variants.setdefault(i, {})[k] = text

@@ -55,7 +55,7 @@ def attach_margins(pairs_path: str, rewards: np.ndarray, out_path: str) -> dict:
     """Copy a pairwise file adding ``margin`` = r(chosen) - r(rejected); returns summary statistics."""
     margins = rewards[:, 0] - rewards[:, 1]
     with open(pairs_path) as src, open(out_path, "w") as dst:
-        for line, m in zip(src, margins):
+        for line, m in zip(src, margins, strict=False):
             rec = json.loads(line)
             rec["margin"] = float(m)
             dst.write(json.dumps(rec) + "\n")

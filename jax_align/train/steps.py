@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax_align.models.lora import lora_dropout_key
 
 from jax_align.logprobs import token_logprobs
-from jax_align.models.lora import lora_dropout_key
 from jax_align.losses import dpo_loss, mdpo_loss, reward_margin_beta
 from jax_align.reward_losses import bradley_terry_loss, ranked_bradley_terry_loss
 

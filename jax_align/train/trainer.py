@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
+from jax_align.models import LlavaModel
 
 from jax_align.model_store import load_model, save_model
-from jax_align.models import LlavaModel
 from jax_align.sharding import DEFAULT_RULES, make_mesh, spec_for, state_shardings
 
 from .checkpointing import TrainCheckpointer

@@ -8,8 +8,8 @@ import numpy as np
 
 sys.path.insert(0, sys.argv[2])
 from hf_fixtures import random_inputs  # noqa: E402
-
 from jax_align.models import LlavaConfig, load_hf_params, make_forward  # noqa: E402
+
 from jax_align.sharding import batch_sharding, make_mesh, state_shardings  # noqa: E402
 
 

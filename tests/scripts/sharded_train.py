@@ -30,7 +30,7 @@ def main(root):
     l1, p1 = run(root, "single", (1, 1, 1))
     l8, p8 = run(root, "sharded", (2, 2, 2))
     print(json.dumps({"steps": len(l1), "max_loss_diff": float(np.max(np.abs(np.subtract(l1, l8)))),
-                      "max_param_diff": float(max(np.abs(a - b).max() for a, b in zip(p1, p8)))}))
+                      "max_param_diff": float(max(np.abs(a - b).max() for a, b in zip(p1, p8, strict=False)))}))
 
 
 if __name__ == "__main__":
