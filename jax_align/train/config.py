@@ -27,7 +27,8 @@ def _f(default, help_text: str):
 @dataclass
 class RunConfig:
     dir: str = _f("runs/default", "run directory: checkpoints, metrics.jsonl, TensorBoard events, config.yaml")
-    stage: str = _f("dpo", "sft | reward | dpo | mdpo | mmdpo")
+    stage: str = _f("dpo", "sft | critic | reward | dpo | mdpo | mmdpo (critic: a generative critic, SFT on "
+                    "rationale + scores rendered from scored data)")
     seed: int = _f(0, "seed for parameter init, data order and dropout")
 
 
@@ -197,7 +198,8 @@ def load_config(path: str | None, overrides: list[str] = ()) -> Config:
 
 def validate(cfg: Config) -> None:
     checks = [
-        (cfg.run.stage in ("sft", "reward", "dpo", "mdpo", "mmdpo"), "run.stage must be sft|reward|dpo|mdpo|mmdpo"),
+        (cfg.run.stage in ("sft", "critic", "reward", "dpo", "mdpo", "mmdpo"),
+         "run.stage must be sft|critic|reward|dpo|mdpo|mmdpo"),
         (cfg.data.layout in ("prefix_shared", "naive"), "data.layout must be prefix_shared|naive"),
         (cfg.data.on_error in ("raise", "skip"), "data.on_error must be raise|skip"),
         (cfg.optim.schedule in ("cosine", "linear", "constant"), "optim.schedule must be cosine|linear|constant"),

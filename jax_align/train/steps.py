@@ -174,7 +174,7 @@ def make_loss_fn(graphdef, spec: StepSpec):
             ref_model = None if ref_params is None else nnx.merge(graphdef, ref_params)
         dropout_key = jax.random.fold_in(key, 1) if (spec.lora_dropout and key is not None) else None
         with lora_dropout_key(dropout_key):  # only the policy's forward sees adapter dropout
-            if spec.stage == "sft":
+            if spec.stage in ("sft", "critic"):
                 return sft_loss(model, batch, spec, key)
             if spec.stage == "reward":
                 return reward_loss(model, trainable["reward_head"], batch, spec)

@@ -31,7 +31,7 @@ from .steps import StepSpec, make_train_step
 
 log = logging.getLogger("jax_align.train")
 
-STAGE_FORMAT = {"sft": "sft", "reward": "scored", "dpo": "pairwise", "mmdpo": "pairwise", "mdpo": "ranked"}
+STAGE_FORMAT = {"sft": "sft", "critic": "scored", "reward": "scored", "dpo": "pairwise", "mmdpo": "pairwise", "mdpo": "ranked"}
 PAD_VALUES = {"input_ids": None, "positions": 0, "segment_ids": 0, "prefix_segment_ids": 0, "labels": -100,
               "label_src": 0, "token_weights": 0.0, "response_ids": -1, "group_ids": -1}
 
@@ -72,6 +72,13 @@ def prepare_inputs(cfg: Config) -> tuple[str, str]:
                 ranked_from_scored(os.path.join(world_dir, "reward.jsonl"), data_path)
         else:
             data_path = os.path.join(world_dir, "reward.jsonl")
+    if cfg.run.stage == "critic":  # EACO's generative critic: scored candidates rendered as SFT text (spec §1.3)
+        from jax_align.recipes.critic_data import critic_sft_file
+
+        critic_path = os.path.join(run_dir, "critic_sft.jsonl")
+        if not os.path.isfile(critic_path):
+            critic_sft_file(data_path, critic_path)
+        data_path = critic_path
     if cfg.model.path:
         return cfg.model.path, data_path
     if not cfg.model.init:
@@ -142,7 +149,7 @@ class Trainer:
         # ---- data
         from jax_align.data.pipeline import DataConfig, DataPipeline
 
-        fmt = cfg.data.format or STAGE_FORMAT[stage]
+        fmt = "sft" if stage == "critic" else (cfg.data.format or STAGE_FORMAT[stage])
         accum = cfg.optim.grad_accum
         n_proc = jax.process_count()
         micro_groups = cfg.data.batch_size // accum // n_proc
