@@ -35,15 +35,23 @@ def save_model(out_dir: str, config: LlavaConfig, params, source_dir: str | None
     import orbax.checkpoint as ocp
 
     out_dir = os.path.abspath(out_dir)
+    primary = jax.process_index() == 0  # every process joins the Orbax save; one writes the small files
     os.makedirs(out_dir, exist_ok=True)
     target = os.path.join(out_dir, "params")
-    if os.path.exists(target):
+    if os.path.exists(target) and primary:
         import shutil
 
         shutil.rmtree(target)
+    tree = nnx.to_pure_dict(params)
+    if jax.process_count() > 1:  # a model file holds full arrays: gather them (every process joins the save)
+        from jax.experimental import multihost_utils
+
+        tree = jax.tree.map(lambda x: multihost_utils.process_allgather(x, tiled=True), tree)
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(target, nnx.to_pure_dict(params))
+        ckptr.save(target, tree)
     dtype = str(jax.tree.leaves(params)[0].dtype)
+    if not primary:
+        return out_dir
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config.to_hf_dict(), f, indent=2, sort_keys=True)
     copy_assets(source_dir or config.source_dir, out_dir)

@@ -185,3 +185,14 @@ def test_lora_dpo_trains_adapters_only_and_exports_merged(world, tmp_path):
 
     _, _, params = load_model(os.path.join(run, "model"))
     assert not any("lora" in str(p) for p, _ in flat_params(params))  # merged: a plain model
+
+
+def test_two_processes_equal_one(world, tmp_path):
+    """jax.distributed on localhost: each process reads its shard of the data (records 0,2,4,.. and 1,3,5,..),
+    the global batch holds the same groups as the single-process batch, so the losses agree."""
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "scripts", "two_process_train.py"),
+                          str(tmp_path), world], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    losses = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(losses["two"]) == len(losses["single"]) == 3
+    np.testing.assert_allclose(losses["two"], losses["single"], rtol=1e-5, atol=1e-6)

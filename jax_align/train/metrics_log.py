@@ -15,8 +15,12 @@ class MetricsLog:
     file always describes one consistent run.
     """
 
-    def __init__(self, run_dir: str, start_step: int = 0, tensorboard: bool = True):
+    def __init__(self, run_dir: str, start_step: int = 0, tensorboard: bool = True, enabled: bool = True):
         self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.enabled = enabled
+        self._file, self._tb = None, None
+        if not enabled:  # non-primary processes of a multi-host run write nothing
+            return
         if os.path.exists(self.path):
             kept = []
             with open(self.path) as f:
@@ -39,6 +43,8 @@ class MetricsLog:
                 self._tb = None
 
     def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
         row = {"step": int(step)}
         for k, v in metrics.items():
             v = float(v)
@@ -51,7 +57,8 @@ class MetricsLog:
                     self._tb.add_scalar(k, v, step)
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
 

@@ -140,7 +140,9 @@ class Trainer:
     def run(self) -> dict:
         cfg = self.cfg
         os.makedirs(cfg.run.dir, exist_ok=True)
-        dump(cfg, os.path.join(cfg.run.dir, "config.yaml"))
+        primary = jax.process_index() == 0  # one writer for logs, config and model files; all save checkpoints
+        if primary:
+            dump(cfg, os.path.join(cfg.run.dir, "config.yaml"))
         model_dir, data_path = prepare_inputs(cfg)
         mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
         config, model = self._model(model_dir, mesh)
@@ -214,15 +216,16 @@ class Trainer:
         if latest is not None:
             state, data_state = ckpt.restore(latest, state)
             start = int(latest)
-            print(f"resuming from {cfg.run.dir}/checkpoints step {start}", flush=True)
+            if primary:
+                print(f"resuming from {cfg.run.dir}/checkpoints step {start}", flush=True)
         iterator = pipeline.iterator(data_state)
 
         # ---- step function
         spec = StepSpec.from_config(cfg, groups=micro_groups * n_proc, responses=responses)
         step_fn = make_train_step(graphdef, spec, tx)
         compiled: dict = {}
-        metrics_log = MetricsLog(cfg.run.dir, start_step=start)
-        progress = Progress(cfg.train.steps, start, cfg.train.progress, desc=f"{stage}")
+        metrics_log = MetricsLog(cfg.run.dir, start_step=start, enabled=primary)
+        progress = Progress(cfg.train.steps, start, cfg.train.progress and primary, desc=f"{stage}")
         t0 = time.perf_counter()
         last = {}
         try:
@@ -268,13 +271,14 @@ class Trainer:
         else:
             final_state = nnx.state(nnx.merge(graphdef, state["params"]["model"], frozen))
         save_model(model_out, config, final_state, source_dir=model_dir)
-        if "reward_head" in state["params"]:
+        if "reward_head" in state["params"] and primary:
             np.save(os.path.join(model_out, "reward_head.npy"), np.asarray(state["params"]["reward_head"]))
         summary = {"stage": stage, "steps": cfg.train.steps, "start_step": start, "compilations": len(compiled),
                    "seconds": round(time.perf_counter() - t0, 2), "model": model_out,
                    **{k: last[k] for k in ("loss", "rewards/accuracies", "rewards/margins") if k in last}}
-        print("summary: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                     for k, v in summary.items()), flush=True)
+        if primary:
+            print("summary: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                         for k, v in summary.items()), flush=True)
         return summary
 
     def _reference_table(self, dcfg, model, model_dir: str, groups: int, responses: int):
@@ -314,6 +318,13 @@ class Trainer:
         """Per-process micro-batches ``[A, B_local, ...]`` -> global arrays sharded over ``batch`` (axis 1)."""
         out = {}
         n = jax.process_count()
+        if n > 1:  # local group / row indices become global ones
+            p = jax.process_index()
+            host = dict(host)
+            rows, groups = host["input_ids"].shape[1], host["group_mask"].shape[1]
+            host["group_ids"] = np.where(host["group_ids"] >= 0, host["group_ids"] + p * groups, -1)
+            if "response_row" in host:
+                host["response_row"] = np.where(host["response_row"] >= 0, host["response_row"] + p * rows, -1)
         for k, v in host.items():
             axes = (None, "batch") + (None,) * (v.ndim - 2)
             global_shape = (v.shape[0], v.shape[1] * n, *v.shape[2:])
