@@ -26,7 +26,8 @@ def canonical_name(key: str) -> str:
     return k
 
 
-_LEAF = {"kernel": "weight", "scale": "weight", "embedding": "weight", "position_embedding": "position_embedding.weight"}
+_LEAF = {"kernel": "weight", "scale": "weight", "embedding": "weight",
+         "position_embedding": "position_embedding.weight"}
 
 
 def hf_name(path: tuple) -> str:

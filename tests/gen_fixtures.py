@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 
-from hf_fixtures import TEXT, VISION
+from hf_fixtures import TEXT, VISION, randomize_weights
 
 
 def world_tokenizer_ids(model_dir: str) -> dict[str, int]:
@@ -96,13 +96,7 @@ def build_world_llava(
         pad_token_id=ids["<pad>"],
     )
     model = LlavaForConditionalGeneration(cfg).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 1 and ("norm" in name or "layrnorm" in name):
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(scale * torch.randn(p.shape, generator=gen))
+    randomize_weights(model, seed, scale)
     model.save_pretrained(out_dir)
     write_preprocessor_config(out_dir, image_size)
     return out_dir, model

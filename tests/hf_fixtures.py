@@ -32,6 +32,19 @@ FAMILIES = {
 IMAGE_TOKEN = 119
 
 
+def randomize_weights(model, seed: int, scale: float) -> None:
+    """Redraw every weight: norms around 1, everything else N(0, scale^2)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1 and ("norm" in name or "layrnorm" in name):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(scale * torch.randn(p.shape, generator=gen))
+
+
 def build_hf_llava(out_dir: str, text_type="llama", vision="clip", text_extra=None, llava_extra=None, seed=0,
                    scale=0.3):
     """Create and save a random ``LlavaForConditionalGeneration``; returns the torch model (eval mode)."""
@@ -47,13 +60,7 @@ def build_hf_llava(out_dir: str, text_type="llama", vision="clip", text_extra=No
     cfg = LlavaConfig(vision_config=vcfg, text_config=tcfg, image_token_id=IMAGE_TOKEN, tie_word_embeddings=tie,
                       **(llava_extra or {}))
     model = LlavaForConditionalGeneration(cfg).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 1 and ("norm" in name or "layrnorm" in name):
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(scale * torch.randn(p.shape, generator=gen))
+    randomize_weights(model, seed, scale)
     model.save_pretrained(out_dir)
     return model
 

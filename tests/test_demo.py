@@ -39,8 +39,9 @@ def test_quick_demo_outputs(tmp_path):
     rec = json.loads((world / "vqa.jsonl").read_text().splitlines()[0])
     prompts.write_text(json.dumps({"image": os.path.relpath(world / rec["image"], tmp_path), "prompt": rec["prompt"]})
                        + "\n")
-    gen = subprocess.run([sys.executable, "-m", "jax_align.cli.main", "generate", "--model", str(out / "models" / "dpo"),
-                          "--input", str(prompts), "--output", str(tmp_path / "out.jsonl"), "--max-new-tokens", "8"],
+    gen = subprocess.run([sys.executable, "-m", "jax_align.cli.main", "generate",
+                          "--model", str(out / "models" / "dpo"), "--input", str(prompts),
+                          "--output", str(tmp_path / "out.jsonl"), "--max-new-tokens", "8"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert gen.returncode == 0, gen.stderr[-2000:]
     assert "response" in json.loads((tmp_path / "out.jsonl").read_text().splitlines()[0])

@@ -196,3 +196,13 @@ def test_two_processes_equal_one(world, tmp_path):
     losses = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(losses["two"]) == len(losses["single"]) == 3
     np.testing.assert_allclose(losses["two"], losses["single"], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_onto_a_different_mesh(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "scripts", "remesh_resume.py"), str(tmp_path)],
+                         env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["start_step"] == 2 and result["steps"] == 4
+    assert result["max_loss_diff"] < 1e-5, result

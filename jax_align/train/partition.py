@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 from flax import nnx
 
 from .config import ModelConfig
@@ -26,12 +27,6 @@ def split_trainable(model, cfg: ModelConfig):
     """``(graphdef, trainable_state, frozen_state)``; ``nnx.merge(graphdef, trainable, frozen)`` rebuilds it."""
     filt = trainable_filter(cfg)
     graphdef, trainable, frozen = nnx.split(model, filt, ...)
-    if not jax_leaves(trainable):
+    if not jax.tree.leaves(trainable):
         raise ValueError("no trainable parameters: check model.train_vision/train_projector/train_language")
     return graphdef, trainable, frozen
-
-
-def jax_leaves(tree):
-    import jax
-
-    return jax.tree.leaves(tree)

@@ -31,7 +31,8 @@ from .steps import StepSpec, make_train_step
 
 log = logging.getLogger("jax_align.train")
 
-STAGE_FORMAT = {"sft": "sft", "critic": "scored", "reward": "scored", "dpo": "pairwise", "mmdpo": "pairwise", "mdpo": "ranked"}
+STAGE_FORMAT = {"sft": "sft", "critic": "scored", "reward": "scored", "dpo": "pairwise", "mmdpo": "pairwise",
+                "mdpo": "ranked"}
 PAD_VALUES = {"input_ids": None, "positions": 0, "segment_ids": 0, "prefix_segment_ids": 0, "labels": -100,
               "label_src": 0, "token_weights": 0.0, "response_ids": -1, "group_ids": -1}
 

@@ -30,7 +30,8 @@ def main(path):
         b2, b4 = batch_sharding(mesh, 2), batch_sharding(mesh, 4)
         out = forward(sharded, jax.device_put(ids, b2), jax.device_put(px, b4), jax.device_put(mask, b2))
         out = np.asarray(out)
-    print(json.dumps({"max_abs_err": float(np.abs(out - single).max()), "max_abs_ref": float(np.abs(single).max()), "sharded_params": n_split,
+    print(json.dumps({"max_abs_err": float(np.abs(out - single).max()), "max_abs_ref": float(np.abs(single).max()),
+                      "sharded_params": n_split,
                       "total_params": len(jax.tree.leaves(sharded))}))
 
 
