@@ -35,11 +35,11 @@ class DemoPlan:
     sft_lr: float = 2e-3
     # BDHS prompts: detailed captions, existence questions (half of them co-occurrence negatives/positives, the
     # POPE-adversarial kind, over the *training* scenes) and attribute/position VQA
-    bdhs_captions: int = 2000
+    bdhs_captions: int = 6000
     bdhs_existence: int = 1500
     bdhs_vqa: int = 800
     bdhs_extend: float = 0.5  # one extra masked sentence after half of the captions (extra-object hallucinations)
-    dpo_steps: int = 400
+    dpo_steps: int = 900
     dpo_lr: float = 3e-4
     dpo_beta: float = 0.1
     dpo_sft_weight: float = 1.0
