@@ -60,7 +60,7 @@ def save_model(out_dir: str, config: LlavaConfig, params, source_dir: str | None
     return out_dir
 
 
-def load_model(path: str, dtype=None, shardings=None):
+def load_model(path: str, dtype=None, shardings=None, compute_dtype=None, remat: str = "none"):
     """Load a jax-align model directory or a Hugging Face directory: ``(config, graphdef, params)``.
 
     ``dtype`` defaults to the stored dtype (fp32 for HF directories); ``shardings`` optionally places the
@@ -71,14 +71,15 @@ def load_model(path: str, dtype=None, shardings=None):
         raise FileNotFoundError(f"{path}: model directory not found")
     config = LlavaConfig.from_hf_dir(path).replace(source_dir=path)
     if not is_jax_align_model(path):
-        graphdef, params = load_hf_params(path, config, param_dtype=dtype or jnp.float32, shardings=shardings)
+        graphdef, params = load_hf_params(path, config, param_dtype=dtype or jnp.float32, shardings=shardings,
+                                          dtype=compute_dtype, remat=remat)
         return config, graphdef, params
     import orbax.checkpoint as ocp
 
     with open(os.path.join(path, MARKER)) as f:
         meta = json.load(f)
     dtype = dtype or jnp.dtype(meta.get("param_dtype", "float32"))
-    graphdef, abstract = abstract_model(config, param_dtype=dtype)
+    graphdef, abstract = abstract_model(config, param_dtype=dtype, dtype=compute_dtype, remat=remat)
     target = nnx.to_pure_dict(abstract)
     if shardings is not None:
         flat_sh = nnx.to_pure_dict(shardings)

@@ -88,14 +88,16 @@ def _index_hf_tensors(path: str) -> dict[str, tuple[str, str]]:
     return found
 
 
-def load_hf_params(path: str, cfg: LlavaConfig, param_dtype=jnp.float32, shardings=None):
+def load_hf_params(path: str, cfg: LlavaConfig, param_dtype=jnp.float32, shardings=None, dtype=None,
+                   remat: str = "none"):
     """Read the safetensors weights of ``path`` into the state of a ``LlavaModel(cfg)``.
 
     ``shardings`` (optional) is a pytree of ``NamedSharding`` matching the state; tensors are placed one by one.
+    ``dtype`` (compute dtype) and ``remat`` configure the returned graph definition.
     """
     from safetensors import safe_open
 
-    graphdef, abstract = abstract_model(cfg, param_dtype)
+    graphdef, abstract = abstract_model(cfg, param_dtype, dtype=dtype, remat=remat)
     expected = {hf_names.hf_name(p): (p, v) for p, v in flat_params(abstract)}
     available = _index_hf_tensors(path)
     tied = cfg.text.tie_word_embeddings

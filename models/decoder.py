@@ -114,8 +114,14 @@ def _maybe_remat(layer, policy: str):
     }
     if policy not in policies:
         raise ValueError(f"remat policy {policy!r} is not one of none, {', '.join(policies)}")
-    remat_call = nnx.remat(lambda mdl, *args: mdl(*args), policy=policies[policy])
-    return lambda *args: remat_call(layer, *args)
+    # a pure function of the layer's state, so it can be rematerialised inside any enclosing trace
+    graphdef, state = nnx.split(layer)
+
+    def pure(state, *args):
+        return nnx.merge(graphdef, state)(*args)
+
+    checkpointed = jax.checkpoint(pure, policy=policies[policy])
+    return lambda *args: checkpointed(state, *args)
 
 
 def init_cache(cfg: TextConfig, batch: int, max_len: int, dtype=jnp.float32):

@@ -9,6 +9,7 @@ features come back as ``{"bytes", "path"}`` dicts, never decoded here.
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ class RawRecord:
     error: str | None = None
 
 
-class RecordSource:
+class RecordSource(abc.ABC):
     """A sequence of :class:`RawRecord` read from ``path``; images resolve against ``base_dir``."""
 
     kind = "records"
@@ -34,11 +35,11 @@ class RecordSource:
         self.path = path
         self.base_dir = base_dir
 
-    def __len__(self) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
 
-    def __getitem__(self, index: int) -> RawRecord:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def __getitem__(self, index: int) -> RawRecord: ...
 
     def __iter__(self):
         for i in range(len(self)):

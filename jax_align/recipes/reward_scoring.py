@@ -16,6 +16,7 @@ from flax import nnx
 
 from jax_align.data.pipeline import DataConfig, DataPipeline
 from jax_align.model_store import load_model
+from jax_align.train.steps import response_rewards
 
 
 def load_reward_model(model_dir: str):
@@ -36,11 +37,7 @@ def score_pairs(model_dir: str, pairs_path: str, *, batch_size: int = 16, bucket
 
     @jax.jit
     def rewards(params, head, batch):
-        model = nnx.merge(graphdef, params)
-        hidden, _ = model.hidden_states(batch["input_ids"], batch["pixel_values"], segment_ids=batch["segment_ids"],
-                                        prefix_segment_ids=batch["prefix_segment_ids"], positions=batch["positions"])
-        rows, ends = jnp.maximum(batch["response_row"], 0), jnp.maximum(batch["response_end"], 0)
-        return jnp.einsum("gke,e->gk", hidden[rows, ends].astype(jnp.float32), head)
+        return response_rewards(nnx.merge(graphdef, params), head, batch)
 
     out = np.full((len(pipeline.source), 2), np.nan, np.float32)
     for batch in pipeline.iterator():

@@ -139,13 +139,17 @@ def preference_loss(model, ref_model, batch, spec: StepSpec):
     return loss, out
 
 
+def response_rewards(model, head, batch):
+    """Scalar rewards ``[G, K]``: the head on the hidden state of each response's last token (spec §6.4)."""
+    hidden = hidden_states(model, batch)
+    rows, ends = jnp.maximum(batch["response_row"], 0), jnp.maximum(batch["response_end"], 0)
+    return jnp.einsum("gke,e->gk", hidden[rows, ends].astype(jnp.float32), head.astype(jnp.float32))
+
+
 def reward_loss(model, head, batch, spec: StepSpec):
     """Scalar reward on the last token of each response (spec §6.4), Bradley-Terry over pairs or levels."""
-    hidden = hidden_states(model, batch)
-    rows, ends = batch["response_row"], batch["response_end"]
-    present = rows >= 0
-    h = hidden[jnp.maximum(rows, 0), jnp.maximum(ends, 0)]  # [G, K, E]
-    rewards = jnp.einsum("gke,e->gk", h.astype(jnp.float32), head.astype(jnp.float32))
+    present = batch["response_row"] >= 0
+    rewards = response_rewards(model, head, batch)
     if spec.responses == 2:
         margin = batch.get("margin") if spec.reward_margin else None
         losses, metrics = bradley_terry_loss(rewards[:, 0], rewards[:, 1], margin=margin,

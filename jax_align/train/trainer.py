@@ -118,25 +118,20 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
 
-    def _model(self, model_dir: str, mesh):
+    def _model(self, model_dir: str):
+        """The starting model, built with the configured parameter dtype, compute dtype and remat policy."""
         cfg = self.cfg
         pdtype = _dtype(cfg.model.param_dtype)
         compute = None if cfg.model.compute_dtype in ("", "float32", "fp32") else _dtype(cfg.model.compute_dtype)
         if cfg.model.path:
-            config, graphdef, params = load_model(model_dir, dtype=pdtype)
-        else:
-            from jax_align.models import LlavaConfig
+            config, graphdef, params = load_model(model_dir, dtype=pdtype, compute_dtype=compute,
+                                                  remat=cfg.model.remat)
+            return config, nnx.merge(graphdef, params)
+        from jax_align.models import LlavaConfig
 
-            config = LlavaConfig.from_hf_dir(model_dir).replace(source_dir=os.path.abspath(model_dir))
-            graphdef, params = nnx.split(LlavaModel(config, rngs=nnx.Rngs(cfg.run.seed), param_dtype=pdtype))
-        model = nnx.merge(graphdef, params)
-        model.dtype = compute
-        model.language_model.remat = cfg.model.remat
-        for layer in model.language_model.layers:
-            for sub in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
-                        layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
-                sub.dtype = compute
-        return config, model
+        config = LlavaConfig.from_hf_dir(model_dir).replace(source_dir=os.path.abspath(model_dir))
+        return config, LlavaModel(config, rngs=nnx.Rngs(cfg.run.seed), param_dtype=pdtype, dtype=compute,
+                                  remat=cfg.model.remat)
 
     def run(self) -> dict:
         cfg = self.cfg
@@ -146,7 +141,7 @@ class Trainer:
             dump(cfg, os.path.join(cfg.run.dir, "config.yaml"))
         model_dir, data_path = prepare_inputs(cfg)
         mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-        config, model = self._model(model_dir, mesh)
+        config, model = self._model(model_dir)
         stage = cfg.run.stage
 
         # ---- data
