@@ -149,6 +149,7 @@ def mmrlhf_reward_loss(
     critique_nll_chosen: jax.Array | None = None,
     critique_nll_rejected: jax.Array | None = None,
     has_critique: jax.Array | None = None,
+    mask: jax.Array | None = None,
     float_rewards_weight: float = 1.0,
     tie_weight: float = 1.0,
     center_rewards_coefficient: float = 0.01,
@@ -182,6 +183,8 @@ def mmrlhf_reward_loss(
       critique_nll_chosen, critique_nll_rejected: optional ``[B]`` mean token NLLs of the two critiques (both
         or neither).
       has_critique: optional ``[B]`` bool; default all True when critique NLLs are given.
+      mask: optional ``[B]`` bool: examples that exist (False for batch padding); masked examples get loss 0
+        and join no subset, and ``sum(losses) / sum(mask) == L`` over the others.
       float_rewards_weight, tie_weight, center_rewards_coefficient, critic_rewards_weight: ``w_f``,
         ``tie_weight``, ``c`` and ``w_c`` (code defaults 1.0, -, 0.01, 1.0).
 
@@ -194,7 +197,6 @@ def mmrlhf_reward_loss(
     fn = "mmrlhf_reward_loss"
     rc, rr = _check_pair(rewards_chosen, rewards_rejected, fn)
     shape = rc.shape
-    bsz = shape[0]
     tie = _optional(is_tie, shape, "is_tie", fn, bool)
     tie = jnp.zeros(shape, bool) if tie is None else tie
     m = _optional(margin, shape, "margin", fn)
@@ -203,22 +205,27 @@ def mmrlhf_reward_loss(
     nll_c = _optional(critique_nll_chosen, shape, "critique_nll_chosen", fn)
     nll_r = _optional(critique_nll_rejected, shape, "critique_nll_rejected", fn)
     has_c = _optional(has_critique, shape, "has_critique", fn, bool)
+    valid = _optional(mask, shape, "mask", fn, bool)
+    valid = jnp.ones(shape, bool) if valid is None else valid
+    n_valid = jnp.sum(valid.astype(_F32))
+    tie = tie & valid
+    non = ~tie & valid
 
     diff = rc - rr
     bt = -jax.nn.log_sigmoid(diff if m is None else diff - m)
     sq = diff**2
     n_tie = jnp.sum(tie.astype(_F32))
-    n_non = bsz - n_tie
-    # each example's share of a subset mean: B / |subset| for members, so that mean_b gives the subset mean
-    share_non = jnp.where(~tie, bsz / jnp.maximum(n_non, 1.0), 0.0)
-    share_tie = jnp.where(tie, bsz / jnp.maximum(n_tie, 1.0), 0.0)
-    bt_part = jnp.where(~tie, bt, 0.0) * share_non
+    n_non = n_valid - n_tie
+    # each example's share of a subset mean: n / |subset| for members, so that the mean over the n valid
+    # examples gives the subset mean
+    share_non = jnp.where(non, n_valid / jnp.maximum(n_non, 1.0), 0.0)
+    share_tie = jnp.where(tie, n_valid / jnp.maximum(n_tie, 1.0), 0.0)
+    bt_part = jnp.where(non, bt, 0.0) * share_non
     tie_part = jnp.where(tie, sq, 0.0) * share_tie
-    center_part = (rc + rr) ** 2
+    center_part = jnp.where(valid, (rc + rr) ** 2, 0.0)
     if nll_c is not None:
         crit = nll_c + nll_r
-        if has_c is not None:
-            crit = jnp.where(has_c, crit, 0.0)
+        crit = jnp.where(valid if has_c is None else valid & has_c, crit, 0.0)
     else:
         crit = jnp.zeros(shape, _F32)
     losses = (
@@ -229,11 +236,12 @@ def mmrlhf_reward_loss(
 
     sg = jax.lax.stop_gradient
     metrics = _reward_metrics(rc, rr)
-    nonf = (~tie).astype(_F32)
+    nonf = non.astype(_F32)
+    denom = jnp.maximum(n_valid, 1.0)
     metrics["accuracy"] = sg(jnp.sum(nonf * (rc > rr)) / jnp.maximum(n_non, 1.0))
     metrics["margin"] = sg(jnp.sum(nonf * diff) / jnp.maximum(n_non, 1.0))
-    metrics["loss/bt"] = sg(jnp.mean(bt_part))
-    metrics["loss/tie"] = sg(jnp.mean(tie_part))
-    metrics["loss/center"] = sg(jnp.mean(center_part))
-    metrics["loss/critique"] = sg(jnp.mean(crit))
+    metrics["loss/bt"] = sg(jnp.sum(bt_part) / denom)
+    metrics["loss/tie"] = sg(jnp.sum(tie_part) / denom)
+    metrics["loss/center"] = sg(jnp.sum(center_part) / denom)
+    metrics["loss/critique"] = sg(jnp.sum(crit) / denom)
     return losses, metrics

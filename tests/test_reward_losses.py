@@ -194,3 +194,20 @@ def test_mmrlhf_defaults_reduce_to_centered_bradley_terry():
         mmrlhf_reward_loss(rc, rr, critique_nll_chosen=rc)
     with pytest.raises(ValueError, match="is_tie"):
         mmrlhf_reward_loss(rc, rr, is_tie=np.zeros(2, bool))
+
+
+def test_mmrlhf_mask_drops_padding_examples():
+    """Masked (padding) examples get loss 0 and the valid ones average to the loss of the valid subset alone."""
+    rc, rr = _rewards(11, batch=6)
+    tie = np.array([0, 1, 0, 0, 1, 0], bool)
+    nll_c, nll_r = np.linspace(0.5, 2.0, 6, dtype=np.float32), np.linspace(1.0, 3.0, 6, dtype=np.float32)
+    mask = np.array([1, 1, 1, 0, 1, 0], bool)
+    kw = dict(center_rewards_coefficient=0.01, critic_rewards_weight=0.5)
+    masked, m1 = mmrlhf_reward_loss(rc, rr, is_tie=tie, critique_nll_chosen=nll_c, critique_nll_rejected=nll_r,
+                                    mask=mask, **kw)
+    alone, m2 = mmrlhf_reward_loss(rc[mask], rr[mask], is_tie=tie[mask], critique_nll_chosen=nll_c[mask],
+                                   critique_nll_rejected=nll_r[mask], **kw)
+    assert np.all(np.asarray(masked)[~mask] == 0.0)
+    np.testing.assert_allclose(float(jnp.sum(masked)) / mask.sum(), float(jnp.mean(alone)), rtol=1e-6)
+    for key in ("accuracy", "margin", "loss/bt", "loss/tie", "loss/critique"):
+        np.testing.assert_allclose(float(m1[key]), float(m2[key]), rtol=1e-6, err_msg=key)

@@ -1,4 +1,10 @@
-"""``jax-align prefs bdhs --model MODEL --input SFT.jsonl --output PREFS.jsonl``: BDHS preference pairs."""
+"""Preference-data recipes.
+
+* ``jax-align prefs bdhs --model MODEL --input SFT.jsonl --output PREFS.jsonl``: BDHS preference pairs;
+* ``jax-align prefs margins --reward-model RM --input PAIRS.jsonl --output OUT.jsonl``: MM-DPO margins
+  ``r(chosen) - r(rejected)`` from a trained reward model (``run.dir/model`` of a ``reward`` or
+  ``critique_reward`` run; the critique-based one writes its critiques first, spec §4.2).
+"""
 
 from __future__ import annotations
 
@@ -25,6 +31,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--limit", type=int, default=0, help="use only the first N records (0 = all)")
+    m = sub.add_parser("margins", help="MM-DPO margins from a trained reward model (spec §4.3)")
+    m.add_argument("--reward-model", required=True, help="run.dir/model of a reward or critique_reward run")
+    m.add_argument("--input", required=True, help="pairwise JSONL (prompt, chosen, rejected, image)")
+    m.add_argument("--output", required=True, help="the same records with margin = r(chosen) - r(rejected)")
+    m.add_argument("--critiques", action="store_true",
+                   help="critique-based reward model: write its greedy critiques (OUTPUT.critiques.jsonl), then "
+                        "score each answer with its critique")
+    m.add_argument("--max-critique-tokens", type=int, default=256)
+    m.add_argument("--batch-size", type=int, default=16)
+    m.add_argument("--buckets", default="256,512,1024", help="comma-separated sequence-length buckets")
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -40,6 +56,24 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 def run(args) -> int:
+    return run_margins(args) if args.recipe == "margins" else run_bdhs_cli(args)
+
+
+def run_margins(args) -> int:
+    from jax_align.recipes.reward_scoring import attach_margins, score_pairs, score_pairs_with_critiques
+
+    buckets = tuple(int(b) for b in args.buckets.split(","))
+    if args.critiques:
+        rewards = score_pairs_with_critiques(args.reward_model, args.input, args.output + ".critiques.jsonl",
+                                             batch_size=args.batch_size, buckets=buckets,
+                                             max_new_tokens=args.max_critique_tokens)
+    else:
+        rewards = score_pairs(args.reward_model, args.input, batch_size=args.batch_size, buckets=buckets)
+    print(json.dumps(attach_margins(args.input, rewards, args.output)))
+    return 0
+
+
+def run_bdhs_cli(args) -> int:
     from jax_align.embedders import SentenceEmbedder
     from jax_align.generate import Generator
     from jax_align.recipes.bdhs import BDHSConfig, run_bdhs, write_pairs

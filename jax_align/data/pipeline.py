@@ -56,6 +56,8 @@ class DataConfig:
     ``max_images``: image slots per row (``pixel_values`` [B, max_images, C, H, W]).
     ``buckets``: row lengths; ``max_length`` (default: the largest bucket) is the truncation limit.
     ``round_weight``: AMP per-round token weight increment (spec 5.2; 0 = all targets weigh 1).
+    ``critique_prompt``: judge each response in MM-RLHF's critic prompt with its critique as the target
+    (:mod:`jax_align.data.critique`); batches then also carry ``critique_mask`` [G, K] and ``is_tie`` [G].
     """
 
     path: str
@@ -86,6 +88,7 @@ class DataConfig:
     drop_remainder: bool = False
     image_root: str | None = None
     split: str | None = None
+    critique_prompt: bool = False
 
     def __post_init__(self):
         if self.format not in FORMATS:
@@ -133,6 +136,8 @@ class PreparedGroup:
     dimension_scores: np.ndarray | None  # float32 [K, D]
     margin: float
     reference_logps: np.ndarray  # float32 [K] (NaN: unknown)
+    critique_mask: np.ndarray | None = None  # bool [K]: response k has a critique (critique_prompt data)
+    is_tie: bool = False
     skipped_in_epoch: int = 0
     skipped_per_epoch: dict[str, int] = field(default_factory=dict)
 
@@ -172,6 +177,7 @@ class RecordProcessor:
             max_prompt_cut=cfg.max_prompt_cut,
             max_images=cfg.max_images,
             max_responses=cfg.responses_per_group,
+            critique_prompt=cfg.critique_prompt,
         )
 
     def __call__(self, item: tuple[int, RawRecord]) -> PreparedGroup | Skipped:
@@ -193,7 +199,15 @@ class RecordProcessor:
         dims = None
         margin = 0.0
         kind = "sft"
+        critiques = None
+        is_tie = False
         if isinstance(example, PreferenceGroup):
+            is_tie = example.is_tie
+            if self.cfg.critique_prompt:
+                from jax_align.data.critique import critique_mask
+
+                critiques = np.zeros((K,), bool)
+                critiques[:n] = critique_mask(example)
             kind = example.kind
             levels[:n] = example.levels()
             if example.scores is not None:
@@ -220,6 +234,8 @@ class RecordProcessor:
             dimension_scores=dims,
             margin=margin,
             reference_logps=refs,
+            critique_mask=critiques,
+            is_tie=is_tie,
         )
 
 
@@ -371,6 +387,9 @@ class Collator:
         dims = max((g.dimension_scores.shape[1] for g in groups if g.dimension_scores is not None), default=0)
         if self.cfg.format == "scored":
             out["dimension_scores"] = np.full((G, K, dims), np.nan, np.float32)
+        if self.cfg.critique_prompt:
+            out["critique_mask"] = np.zeros((G, K), bool)
+            out["is_tie"] = np.zeros((G,), bool)
         for g, grp in enumerate(groups):
             n = len(grp.tokens.responses)
             out["group_mask"][g] = True
@@ -380,6 +399,9 @@ class Collator:
             out["levels"][g] = grp.levels
             out["margin"][g] = grp.margin
             out["reference_logps"][g] = grp.reference_logps
+            if "critique_mask" in out:
+                out["critique_mask"][g] = grp.critique_mask
+                out["is_tie"][g] = grp.is_tie
             if "dimension_scores" in out and grp.dimension_scores is not None:
                 d = grp.dimension_scores
                 out["dimension_scores"][g, : d.shape[0], : d.shape[1]] = d

@@ -7,8 +7,8 @@ Formats (issue 4, item 1; spec sections 1.7, 2.6, 3.6, 4.6, 5.4):
   ``content`` is a string or a list of ``{"type": "text", "text"}`` / ``{"type": "image"}`` parts.
 * ``pairwise``: TRL preference records ``prompt``, ``chosen``, ``rejected`` (strings or conversational
   messages, with or without the prompt repeated inside ``chosen``/``rejected`` as EACO writes them),
-  ``images`` or ``image``; optional ``margin``, ``reference_chosen_logp``, ``reference_rejected_logp``
-  (MM-RLHF, spec 4.6).
+  ``images`` or ``image``; optional ``margin``, ``reference_chosen_logp``, ``reference_rejected_logp``,
+  and MM-RLHF's critiques ``chosen_reason`` / ``rejected_reason`` and ``is_tie`` (spec 4.6).
 * ``ranked``: ``prompt``, ``images``, ``responses`` best to worst, optional ``scores`` (ties allowed; when
   given, responses are ordered by score, best first). Adapters for AMP's ``output_1..K`` conversations
   (spec 5.4) and EACO's ``output_list`` + ``score_list`` (spec 1.7).
@@ -95,6 +95,10 @@ class PreferenceGroup:
     critiques: tuple[str | None, ...] | None = None
     margin: float | None = None
     reference_logps: tuple[float | None, ...] | None = None
+    is_tie: bool = False
+    # Per-response context turns placed between ``prompt`` and ``responses[k]`` (a critic prompt that quotes
+    # response k, see :mod:`jax_align.data.critique`); the tokenizer shares the longest common token prefix.
+    response_prompts: tuple[tuple[Message, ...], ...] | None = None
 
     @property
     def num_responses(self) -> int:
@@ -173,6 +177,16 @@ def _optional_number(data: Mapping, key: str, problems: FieldProblems) -> float 
         problems.add(key, f"wrong type: expected a finite number, got {_type_name(value)}")
         return None
     return float(value)
+
+
+def _optional_text(data: Mapping, key: str, problems: FieldProblems) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        problems.add(key, f"wrong type: expected a string, got {_type_name(value)}")
+        return None
+    return value
 
 
 def _parse_content(value: Any, field_name: str, problems: FieldProblems) -> str | None:
@@ -510,6 +524,7 @@ def _finish_group(
     margin=None,
     reference_logps=None,
     distinct_field=None,
+    is_tie=False,
 ) -> PreferenceGroup | None:
     if prompt is None:
         return None
@@ -545,6 +560,7 @@ def _finish_group(
         critiques=None if critiques is None else tuple(critiques),
         margin=margin,
         reference_logps=None if reference_logps is None else tuple(reference_logps),
+        is_tie=is_tie,
     )
 
 
@@ -561,6 +577,10 @@ def _parse_pairwise(data, images, image_field, n_images, require_images, problem
     margin = _optional_number(data, "margin", problems)
     ref_c = _optional_number(data, "reference_chosen_logp", problems)
     ref_r = _optional_number(data, "reference_rejected_logp", problems)
+    reasons = [_optional_text(data, f"{name}_reason", problems) for name in fields]  # MM-RLHF critiques (4.6)
+    is_tie = False if data.get("is_tie") is None else data["is_tie"]
+    if not isinstance(is_tie, bool):
+        problems.add("is_tie", f"wrong type: expected true or false, got {_type_name(is_tie)}")
     if len(parsed) != 2:
         if not any(f == "prompt" for f, _ in problems.items) and data.get("prompt") is None:
             # report a missing prompt too unless the surviving response carries it
@@ -585,6 +605,8 @@ def _parse_pairwise(data, images, image_field, n_images, require_images, problem
         problems,
         margin=margin,
         reference_logps=refs,
+        critiques=None if all(r is None for r in reasons) else reasons,
+        is_tie=is_tie is True,
     )
 
 

@@ -321,7 +321,66 @@ class ChatTokenizer:
             messages = example.messages
             first = next(i for i, m in enumerate(messages) if m.role == "assistant")
             return self.tokenize_group(messages[:first], [messages[first:]])
+        if example.response_prompts is not None:
+            return self.tokenize_contexts(example.prompt, example.response_prompts, example.responses)
         return self.tokenize_group(example.prompt, example.responses)
+
+    def tokenize_contexts(
+        self,
+        prompt: Sequence[Message],
+        contexts: Sequence[Sequence[Message]],
+        responses: Sequence[Sequence[Message]],
+    ) -> TokenizedGroup:
+        """Responses that each come with their own context turns: conversation k is
+        ``prompt + contexts[k] + responses[k]`` (e.g. a critic prompt that quotes answer k, then its critique).
+
+        Each conversation's prompt part is tokenized as in :meth:`tokenize_group`; the group's prefix is the
+        longest run of tokens all of them share, which must hold every image, and the rest of conversation k
+        (context tokens, never targets, then its response) is response k. So row k of the naive layout is
+        exactly conversation k's tokens, and the prefix-shared layout encodes the image and the common
+        instruction once.
+        """
+        if len(contexts) != len(responses):
+            raise ValueError(f"{len(contexts)} contexts for {len(responses)} responses")
+        parts = []
+        for ctx, resp in zip(contexts, responses, strict=True):
+            conv = tuple(prompt) + tuple(ctx)
+            text = self.render(conv, True)
+            ids, _ = self.encode(text)
+            rounds = sum(1 for m in conv if m.role == "assistant")
+            parts.append((conv, text, ids, self._tokenize_response(conv, tuple(resp), text, rounds)))
+        first_ids = parts[0][2]
+        common = min(ids.shape[0] for _, _, ids, _ in parts)
+        for _, _, ids, _ in parts[1:]:
+            differ = np.flatnonzero(ids[:common] != first_ids[:common])
+            if differ.size:
+                common = int(differ[0])
+        if common == 0:
+            raise TemplateError("the per-response prompts share no leading tokens")
+        for _, _, ids, _ in parts:
+            if np.any(ids[common:] == self.image_token_id):
+                raise TemplateError("every image must come before the text that differs between responses")
+        conv0, text0, _, _ = parts[0]
+        _, starts0 = self.encode(text0)
+        cuttable = np.zeros(common, dtype=bool)
+        for a, b in self._user_text_spans(conv0, text0):
+            cuttable |= (starts0[:common] >= a) & (starts0[:common] < b)
+        cuttable &= first_ids[:common] != self.image_token_id
+        out = []
+        for _, _, ids, r in parts:
+            context = ids[common:]
+            n = context.shape[0]
+            out.append(
+                TokenizedResponse(
+                    np.concatenate([context, r.ids]).astype(np.int32),
+                    np.concatenate([np.zeros(n, bool), r.trained]),
+                    np.concatenate([np.zeros(n, np.float32), r.weights]),
+                    r.min_keep + n if r.min_keep else 0,
+                )
+            )
+        n_images = int(np.sum(first_ids[:common] == self.image_token_id)) // max(self.image_seq_len, 1)
+        n_resp_images = tuple(int(np.sum(r.ids == self.image_token_id)) // max(self.image_seq_len, 1) for r in out)
+        return TokenizedGroup(first_ids[:common].copy(), cuttable, tuple(out), n_images, n_resp_images)
 
     def tokenize_group(
         self, prompt: Sequence[Message], responses: Sequence[Sequence[Message]]

@@ -61,6 +61,7 @@ class RecordChecker:
     max_prompt_cut: float = 0.5
     max_images: int | None = None
     max_responses: int | None = None
+    critique_prompt: bool = False  # rewrite preference groups into MM-RLHF critic conversations (spec 4.2)
     image_cache_size: int = 256
     _image_status: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
@@ -89,6 +90,13 @@ class RecordChecker:
                     except ImageLoadError as e:
                         add(ref.field, str(e))
             return result
+        if self.critique_prompt:
+            if not isinstance(example, PreferenceGroup):
+                add("record", "critique reward data must be preference records (pairwise or scored)")
+                return result
+            from jax_align.data.critique import critique_group
+
+            example = critique_group(example)
         if self.max_images is not None and len(example.images) > self.max_images:
             add(
                 example.images[self.max_images].field,

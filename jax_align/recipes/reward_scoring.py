@@ -1,7 +1,9 @@
-"""Score preference pairs with a trained scalar reward model and attach MM-DPO margins (spec §4.3).
+"""Score preference pairs with a trained reward model and attach MM-DPO margins (spec §4.3).
 
 ``margin = r(chosen) - r(rejected)`` per record; MM-DPO turns it into a per-example beta
-(:func:`jax_align.losses.reward_margin_beta`).
+(:func:`jax_align.losses.reward_margin_beta`). A scalar reward model (``run.stage=reward``) scores the answers
+directly; a critique-based one (``run.stage=critique_reward``, spec §4.2) first writes its critique of each
+answer greedily, then scores ``critic prompt + answer + critique`` (:func:`score_pairs_with_critiques`).
 """
 
 from __future__ import annotations
@@ -28,11 +30,17 @@ def load_reward_model(model_dir: str):
     return graphdef, params, jnp.asarray(np.load(head_path))
 
 
-def score_pairs(model_dir: str, pairs_path: str, *, batch_size: int = 16, buckets=(128, 256, 512)) -> np.ndarray:
-    """Rewards ``[N, 2]`` (chosen, rejected) for the records of a pairwise file, in file order."""
+def score_pairs(model_dir: str, pairs_path: str, *, batch_size: int = 16, buckets=(128, 256, 512),
+                critique_prompt: bool = False) -> np.ndarray:
+    """Rewards ``[N, 2]`` (chosen, rejected) for the records of a pairwise file, in file order.
+
+    ``critique_prompt``: the model is a critique-based reward model and the records carry its critiques
+    (``chosen_reason`` / ``rejected_reason``); each answer is scored inside the critic prompt.
+    """
     graphdef, params, head = load_reward_model(model_dir)
     cfg = DataConfig(path=pairs_path, format="pairwise", model_dir=model_dir, batch_size=batch_size,
-                     buckets=tuple(buckets), layout="prefix_shared", shuffle=False, num_epochs=1, num_responses=2)
+                     buckets=tuple(buckets), layout="prefix_shared", shuffle=False, num_epochs=1, num_responses=2,
+                     critique_prompt=critique_prompt)
     pipeline = DataPipeline(cfg)
 
     @jax.jit
@@ -48,13 +56,76 @@ def score_pairs(model_dir: str, pairs_path: str, *, batch_size: int = 16, bucket
     return out
 
 
+def rebase_images(record: dict, src_dir: str, dst_dir: str) -> dict:
+    """A copy of ``record`` whose relative image paths resolve from ``dst_dir`` as they did from ``src_dir``."""
+    def move(v):
+        is_rel = isinstance(v, str) and not os.path.isabs(v) and not v.startswith(("http:", "https:", "data:"))
+        return os.path.relpath(os.path.join(src_dir, v), dst_dir) if is_rel else v
+
+    out = dict(record)
+    for key in ("image", "images"):
+        if isinstance(out.get(key), str):
+            out[key] = move(out[key])
+        elif isinstance(out.get(key), list):
+            out[key] = [move(v) for v in out[key]]
+    return out
+
+
+def generate_critiques(model_dir: str, pairs_path: str, out_path: str, *, max_new_tokens: int = 256,
+                       batch_size: int = 16) -> int:
+    """Copy a pairwise file with ``chosen_reason`` / ``rejected_reason`` replaced by the critiques the
+    critique-based reward model writes greedily (spec §4.2 inference: one greedy critique per answer)."""
+    from jax_align.data.critique import critique_group
+    from jax_align.data.readers import open_records
+    from jax_align.data.records import parse_record
+    from jax_align.generate import Generator
+    from jax_align.sampling import SamplingParams
+
+    source = open_records(pairs_path)
+    rows, prompts = [], []
+    for raw in source:
+        group, problems = parse_record(raw.data, "pairwise", base_dir=source.base_dir)
+        if group is None:
+            field, message = problems[0]
+            raise ValueError(f"{pairs_path}: record {raw.number}: {field}: {message}")
+        images = [ref.path if ref.path is not None else ref.data for ref in group.images]
+        for context in critique_group(group).response_prompts:
+            prompts.append({"messages": [{"role": m.role, "content": m.content} for m in context],
+                            "image": images})
+        rows.append(raw.data)
+    generator = Generator.from_model_dir(model_dir)
+    outs = generator.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens), batch_size=batch_size)
+    base_out = os.path.dirname(os.path.abspath(out_path))
+    with open(out_path + ".tmp", "w") as dst:
+        for i, rec in enumerate(rows):
+            rec = rebase_images(rec, source.base_dir, base_out)
+            rec["chosen_reason"], rec["rejected_reason"] = outs[2 * i].texts[0], outs[2 * i + 1].texts[0]
+            dst.write(json.dumps(rec) + "\n")
+    os.replace(out_path + ".tmp", out_path)
+    return len(rows)
+
+
+def score_pairs_with_critiques(model_dir: str, pairs_path: str, work_path: str, *, batch_size: int = 16,
+                               buckets=(256, 512, 1024), max_new_tokens: int = 256) -> np.ndarray:
+    """Rewards ``[N, 2]`` from a critique-based reward model: its greedy critiques of both answers are
+    written to ``work_path`` (kept for inspection), then each answer is scored with its critique."""
+    generate_critiques(model_dir, pairs_path, work_path, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return score_pairs(model_dir, work_path, batch_size=batch_size, buckets=buckets, critique_prompt=True)
+
+
 def attach_margins(pairs_path: str, rewards: np.ndarray, out_path: str) -> dict:
     """Copy a pairwise file adding ``margin`` = r(chosen) - r(rejected); returns summary statistics."""
     margins = rewards[:, 0] - rewards[:, 1]
-    with open(pairs_path) as src, open(out_path, "w") as dst:
-        for line, m in zip(src, margins, strict=False):
-            rec = json.loads(line)
+    src_dir = os.path.dirname(os.path.abspath(pairs_path))
+    dst_dir = os.path.dirname(os.path.abspath(out_path))
+    with open(pairs_path) as src, open(out_path + ".tmp", "w") as dst:
+        lines = [line for line in src if line.strip()]
+        if len(lines) != len(margins):
+            raise ValueError(f"{pairs_path}: {len(lines)} records but {len(margins)} scored pairs")
+        for line, m in zip(lines, margins, strict=True):
+            rec = rebase_images(json.loads(line), src_dir, dst_dir)
             rec["margin"] = float(m)
             dst.write(json.dumps(rec) + "\n")
+    os.replace(out_path + ".tmp", out_path)
     return {"pairs": int(len(margins)), "mean_margin": float(np.nanmean(margins)),
             "agree": float(np.nanmean(margins > 0))}

@@ -27,7 +27,9 @@ def _f(default, help_text: str):
 @dataclass
 class RunConfig:
     dir: str = _f("runs/default", "run directory: checkpoints, metrics.jsonl, TensorBoard events, config.yaml")
-    stage: str = _f("dpo", "sft | critic | reward | dpo | mdpo | mmdpo (critic: a generative critic, SFT on "
+    stage: str = _f("dpo", "sft | critic | critique_reward | reward | dpo | mdpo | mmdpo (critique_reward: "
+                    "MM-RLHF's critique-based reward model, scalar head + critique NLL on pairwise records with "
+                    "chosen_reason/rejected_reason; critic: a generative critic, SFT on "
                     "rationale + scores rendered from scored data)")
     seed: int = _f(0, "seed for parameter init, data order and dropout")
 
@@ -88,6 +90,8 @@ class LossConfig:
     sft_weight: float = _f(0.0, "weight of an SFT (chosen NLL) term; MM-DPO uses gamma=0.25")
     reward_margin: bool = _f(False, "reward loss: use the record's margin (TRL RewardTrainer)")
     center_rewards: float = _f(0.0, "reward loss: centering coefficient (spec §6.4: 0.01)")
+    critique_weight: float = _f(1.0, "critique_reward: weight w_c of the critique NLL (spec §4.2)")
+    tie_weight: float = _f(1.0, "critique_reward: weight of the squared reward gap on is_tie pairs (spec §4.2)")
 
 
 @dataclass
@@ -196,10 +200,12 @@ def load_config(path: str | None, overrides: list[str] = ()) -> Config:
     return cfg
 
 
+STAGES = ("sft", "critic", "critique_reward", "reward", "dpo", "mdpo", "mmdpo")
+
+
 def validate(cfg: Config) -> None:
     checks = [
-        (cfg.run.stage in ("sft", "critic", "reward", "dpo", "mdpo", "mmdpo"),
-         "run.stage must be sft|critic|reward|dpo|mdpo|mmdpo"),
+        (cfg.run.stage in STAGES, "run.stage must be " + "|".join(STAGES)),
         (cfg.data.layout in ("prefix_shared", "naive"), "data.layout must be prefix_shared|naive"),
         (cfg.data.on_error in ("raise", "skip"), "data.on_error must be raise|skip"),
         (cfg.optim.schedule in ("cosine", "linear", "constant"), "optim.schedule must be cosine|linear|constant"),

@@ -18,7 +18,7 @@ from jax_align.models.lora import lora_dropout_key
 
 from jax_align.logprobs import token_logprobs
 from jax_align.losses import dpo_loss, mdpo_loss, reward_margin_beta
-from jax_align.reward_losses import bradley_terry_loss, ranked_bradley_terry_loss
+from jax_align.reward_losses import bradley_terry_loss, mmrlhf_reward_loss, ranked_bradley_terry_loss
 
 from .config import Config
 from .lora import reference_model
@@ -46,6 +46,8 @@ class StepSpec:
     reward_margin: bool
     center_rewards: float
     cached_ref: bool
+    critique_weight: float = 1.0
+    tie_weight: float = 1.0
     image_dropout: float = 0.0
     lora: bool = False  # reference = the same weights with adapters off (no copy)
     lora_dropout: float = 0.0
@@ -60,6 +62,7 @@ class StepSpec:
                    penalty=cfg.loss.penalty, pairs=cfg.loss.pairs, margin_w=cfg.loss.margin_w,
                    margin_k=cfg.loss.margin_k, sft_weight=cfg.loss.sft_weight, reward_margin=cfg.loss.reward_margin,
                    center_rewards=cfg.loss.center_rewards, cached_ref=cfg.ref.mode == "cached",
+                   critique_weight=cfg.loss.critique_weight, tie_weight=cfg.loss.tie_weight,
                    image_dropout=cfg.train.image_dropout if cfg.run.stage == "sft" else 0.0,
                    lora=cfg.lora.enabled, lora_dropout=cfg.lora.dropout if cfg.lora.enabled else 0.0)
 
@@ -139,9 +142,9 @@ def preference_loss(model, ref_model, batch, spec: StepSpec):
     return loss, out
 
 
-def response_rewards(model, head, batch):
+def response_rewards(model, head, batch, hidden=None):
     """Scalar rewards ``[G, K]``: the head on the hidden state of each response's last token (spec §6.4)."""
-    hidden = hidden_states(model, batch)
+    hidden = hidden_states(model, batch) if hidden is None else hidden
     rows, ends = jnp.maximum(batch["response_row"], 0), jnp.maximum(batch["response_end"], 0)
     return jnp.einsum("gke,e->gk", hidden[rows, ends].astype(jnp.float32), head.astype(jnp.float32))
 
@@ -165,6 +168,27 @@ def reward_loss(model, head, batch, spec: StepSpec):
     return loss, out
 
 
+def critique_reward_loss(model, head, batch, spec: StepSpec):
+    """MM-RLHF's critique-based reward model (spec §4.2): one forward gives both the critique NLL (LM head on
+    the critique tokens, teacher forcing) and the scalar reward on the last token of ``critic prompt +
+    response + critique``; :func:`jax_align.reward_losses.mmrlhf_reward_loss` combines them."""
+    hidden = hidden_states(model, batch)
+    rewards = response_rewards(model, head, batch, hidden)
+    logps, counts = response_logps(model, batch, spec, hidden=hidden)
+    has = batch["critique_mask"] & (counts > 0)
+    nll = jnp.where(has, -logps / jnp.maximum(counts, 1), 0.0)  # mean token NLL of each critique
+    ok = (batch["response_row"] >= 0).all(axis=1)
+    losses, metrics = mmrlhf_reward_loss(
+        rewards[:, 0], rewards[:, 1], is_tie=batch["is_tie"], critique_nll_chosen=nll[:, 0],
+        critique_nll_rejected=nll[:, 1], has_critique=has.any(axis=1), mask=ok,
+        margin=batch.get("margin") if spec.reward_margin else None, tie_weight=spec.tie_weight,
+        center_rewards_coefficient=spec.center_rewards, critic_rewards_weight=spec.critique_weight)
+    loss = _mean(losses, ok)
+    out = dict(_masked_metrics(metrics))
+    out["loss"] = loss
+    return loss, out
+
+
 def make_loss_fn(graphdef, spec: StepSpec):
     """``loss_fn(trainable, frozen, ref_params, batch) -> (loss, metrics)``, pure."""
 
@@ -182,6 +206,8 @@ def make_loss_fn(graphdef, spec: StepSpec):
                 return sft_loss(model, batch, spec, key)
             if spec.stage == "reward":
                 return reward_loss(model, trainable["reward_head"], batch, spec)
+            if spec.stage == "critique_reward":
+                return critique_reward_loss(model, trainable["reward_head"], batch, spec)
             return preference_loss(model, ref_model, batch, spec)
 
     return loss_fn

@@ -31,8 +31,9 @@ from .steps import StepSpec, make_train_step
 
 log = logging.getLogger("jax_align.train")
 
-STAGE_FORMAT = {"sft": "sft", "critic": "scored", "reward": "scored", "dpo": "pairwise", "mmdpo": "pairwise",
-                "mdpo": "ranked"}
+STAGE_FORMAT = {"sft": "sft", "critic": "scored", "reward": "scored", "critique_reward": "pairwise",
+                "dpo": "pairwise", "mmdpo": "pairwise", "mdpo": "ranked"}
+REWARD_STAGES = ("reward", "critique_reward")  # stages that train a scalar reward head
 PAD_VALUES = {"input_ids": None, "positions": 0, "segment_ids": 0, "prefix_segment_ids": 0, "labels": -100,
               "label_src": 0, "token_weights": 0.0, "response_ids": -1, "group_ids": -1}
 
@@ -61,7 +62,13 @@ def prepare_inputs(cfg: Config) -> tuple[str, str]:
         fmt = cfg.data.format or STAGE_FORMAT[cfg.run.stage]
         from jax_align.world.preferences import pairs_from_scored, ranked_from_scored
 
-        if fmt == "sft":
+        if cfg.run.stage == "critique_reward":
+            from jax_align.world.critiques import critique_pairs
+
+            data_path = os.path.join(world_dir, "critique_pairs.jsonl")
+            if not os.path.isfile(data_path):
+                critique_pairs(world_dir, data_path)
+        elif fmt == "sft":
             data_path = os.path.join(world_dir, "sft.jsonl")
         elif fmt == "pairwise":
             data_path = os.path.join(world_dir, "pairs.jsonl")
@@ -160,7 +167,8 @@ class Trainer:
                           shuffle=cfg.data.shuffle, num_epochs=None, shard_index=jax.process_index(),
                           shard_count=n_proc, worker_count=cfg.data.workers,
                           on_error="strict" if cfg.data.on_error == "raise" else "skip", drop_remainder=True,
-                          num_responses=2 if stage in ("dpo", "mmdpo") else (cfg.data.num_responses or None))
+                          num_responses=2 if stage in ("dpo", "mmdpo", "critique_reward")
+                          else (cfg.data.num_responses or None), critique_prompt=stage == "critique_reward")
         responses = dcfg.responses_per_group
         table = None
         if stage in ("dpo", "mdpo", "mmdpo") and cfg.ref.mode == "cached":
@@ -179,7 +187,7 @@ class Trainer:
         else:
             graphdef, trainable, frozen = split_trainable(model, cfg.model)
         params = {"model": trainable}
-        if stage == "reward":
+        if stage in REWARD_STAGES:
             params["reward_head"] = jnp.zeros((config.text.hidden_size,), jnp.float32)
         ref = None
         if stage in ("dpo", "mdpo", "mmdpo") and cfg.ref.mode == "copy" and not is_lora:
