@@ -27,38 +27,50 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class DemoPlan:
     train_scenes: int = 8000
-    eval_scenes: int = 300
+    eval_scenes: int = 500
     caption_steps: int = 1000
     sft_steps: int = 600
     batch_size: int = 32
-    caption_lr: float = 3e-3
-    sft_lr: float = 2e-3
-    # BDHS prompts: detailed captions, existence questions (half of them co-occurrence negatives/positives, the
-    # POPE-adversarial kind, over the *training* scenes) and attribute/position VQA
-    bdhs_captions: int = 6000
+    caption_lr: float = 1e-3  # 3e-3 left the model binding wrong shapes/colours (CHAIR_i ~30%); 1e-3: ~5%
+    sft_lr: float = 7e-4
+    # BDHS prompts: detailed captions (all 8000, then 4000 again: a second, independent BDHS sample), existence
+    # questions (half of them co-occurrence negatives/positives, the POPE-adversarial kind, over the *training*
+    # scenes) and attribute/position VQA
+    bdhs_captions: int = 12000
     bdhs_existence: int = 1500
     bdhs_vqa: int = 800
-    bdhs_extend: float = 0.5  # one extra masked sentence after half of the captions (extra-object hallucinations)
-    dpo_steps: int = 900
+    bdhs_extend: float = 1.0  # one extra masked sentence after each caption (extra-object hallucinations)
+    bdhs_rho_th: float = 0.99  # image tokens stay visible with probability 1 - rho_th (spec default 0.99)
+    dpo_steps: int = 1400
     dpo_lr: float = 3e-4
     dpo_beta: float = 0.1
     dpo_sft_weight: float = 1.0
     dpo_batch: int = 32
-    mdpo_records: int = 1000
-    mdpo_steps: int = 200
-    mdpo_lr: float = 1e-4
-    reward_steps: int = 150
+    mdpo_records: int = 1500
+    mdpo_steps: int = 100
+    mdpo_lr: float = 3e-4
+    reward_steps: int = 80
     reward_lr: float = 5e-4
-    mmdpo_steps: int = 300
+    mmdpo_steps: int = 150
+    mmdpo_pairs: int = 4800  # BDHS pairs scored by the reward model for MM-DPO (steps x batch: each seen once)
     mmdpo_gamma: float = 1.0
-    max_length: int = 128
+    max_length: int = 128  # captions, SFT and pairs: a prefix-shared pair fits (99.9% of groups whole)
+    buckets: tuple[int, ...] = (32, 64, 96, 128)  # one compile per bucket; short rows stop paying for long ones
+    mdpo_max_length: int = 256  # three responses per row
+    reward_max_length: int = 288  # five candidate captions per row: none truncated (the longest group is 271)
     eval_batch: int = 64
     caption_tokens: int = 80
 
 
 QUICK = DemoPlan(train_scenes=24, eval_scenes=8, caption_steps=4, sft_steps=4, batch_size=8, bdhs_captions=6,
                  bdhs_existence=6, bdhs_vqa=4, dpo_steps=3, dpo_batch=4, mdpo_records=8, mdpo_steps=3, reward_steps=3,
-                 mmdpo_steps=3, eval_batch=16, caption_tokens=32)
+                 mmdpo_steps=3, mmdpo_pairs=12, eval_batch=16, caption_tokens=32)
+
+
+def _buckets_to(max_length: int) -> list[int]:
+    """Four evenly spaced length buckets up to ``max_length`` (multiples of 32)."""
+    step = max(32, -(-max_length // 4 // 32) * 32)
+    return sorted({min(max_length, step * i) for i in range(1, 5)} | {max_length})
 
 
 class Demo:
@@ -90,7 +102,8 @@ class Demo:
         p = self.plan
         overrides = {
             "run.dir": self._path("runs", name), "run.stage": stage, "run.seed": self.seed, "data.train": data,
-            "data.max_length": p.max_length, "data.batch_size": extra.pop("batch", p.batch_size),
+            "data.max_length": p.max_length, "data.buckets": list(p.buckets),
+            "data.batch_size": extra.pop("batch", p.batch_size),
             "train.steps": steps, "optim.lr": lr, "optim.schedule": "cosine",
             "optim.warmup_steps": max(1, steps // 20), "checkpoint.every": steps, "checkpoint.keep": 1,
             "train.progress": True, **extra,
@@ -146,33 +159,41 @@ class Demo:
         pairs = self._timed("bdhs", self._bdhs, sft_hf)
         dpo = self._timed("train dpo", self._train, "dpo", "dpo", pairs, p.dpo_steps, p.dpo_lr,
                           **{"model.path": sft_hf, "loss.beta": p.dpo_beta, "loss.sft_weight": p.dpo_sft_weight,
-                             "batch": p.dpo_batch})
+                             "batch": p.dpo_batch, "ref.mode": "cached"})
         self._timed("eval dpo", self._evaluate, "dpo", self._export("dpo", dpo))
 
         ranked = self._timed("multi-level data", self._multilevel, sft_hf)
         mdpo = self._timed("train mdpo", self._train, "mdpo", "mdpo", ranked, p.mdpo_steps, p.mdpo_lr,
-                           **{"model.path": sft_hf, "data.num_responses": 3, "batch": p.dpo_batch})
+                           **{"model.path": sft_hf, "data.num_responses": 3, "batch": p.dpo_batch,
+                              "loss.sft_weight": p.dpo_sft_weight, "ref.mode": "cached",
+                              "data.max_length": p.mdpo_max_length,
+                              "data.buckets": _buckets_to(p.mdpo_max_length)})
         self._timed("eval mdpo", self._evaluate, "mdpo", self._export("mdpo", mdpo))
 
         rm = self._timed("train reward", self._train, "reward", "reward",
                          os.path.join(self.train_world, "reward.jsonl"), p.reward_steps, p.reward_lr,
-                         **{"model.path": sft_hf, "data.num_responses": 5, "loss.center_rewards": 0.01})
+                         **{"model.path": sft_hf, "data.num_responses": 5, "loss.center_rewards": 0.01,
+                            "data.max_length": p.reward_max_length,
+                            "data.buckets": _buckets_to(p.reward_max_length)})
         margins = self._timed("reward margins", self._margins, rm, pairs)
         mmdpo = self._timed("train mmdpo", self._train, "mmdpo", "mmdpo", margins, p.mmdpo_steps, p.dpo_lr,
                             **{"model.path": sft_hf, "loss.beta": p.dpo_beta, "loss.sft_weight": p.mmdpo_gamma,
-                               "batch": p.dpo_batch})
+                               "batch": p.dpo_batch, "ref.mode": "cached"})
         self._timed("eval mmdpo", self._evaluate, "mmdpo", self._export("mmdpo", mmdpo))
         self.timings["total"] = round(time.perf_counter() - t_start, 1)
         from jax_align.demo_report import write_report
 
         return write_report(self)
 
-    def _sft_subset(self, n: int) -> list[dict]:
+    def _caption_subset(self, n: int) -> list[dict]:
+        """n detailed-caption SFT records: multi-level groups (one and two hallucinated sentences) need answers
+        of several sentences; one-word answers would only repeat DPO's pairs, and count answers teach
+        over-counting (see :meth:`_bdhs_prompts`)."""
         import numpy as np
 
         from jax_align.world.datasets import read_jsonl
 
-        records = read_jsonl(os.path.join(self.train_world, "sft.jsonl"))
+        records = [r for r in read_jsonl(os.path.join(self.train_world, "sft.jsonl")) if r["id"].endswith("-caption")]
         idx = np.random.default_rng(self.seed + 1).permutation(len(records))[:n]
         return [records[i] for i in sorted(idx)]
 
@@ -200,7 +221,11 @@ class Demo:
         others = [q for q in pope if q["split"] != "adversarial"]
 
         def take(items, n):
-            return [items[i] for i in sorted(rng.permutation(len(items))[: min(n, len(items))])]
+            """n items in file order; past len(items), every item again (a second BDHS sample of it)."""
+            if not items:
+                return []
+            rounds = [sorted(rng.permutation(len(items))[: min(n - k, len(items))]) for k in range(0, n, len(items))]
+            return [items[i] for idx in rounds for i in idx]
 
         def as_sft(q):
             answer = "Yes." if q["label"] == "yes" else "No."
@@ -217,7 +242,8 @@ class Demo:
         from jax_align.recipes.bdhs import BDHSConfig, run_bdhs, write_pairs
 
         records = self._bdhs_prompts()
-        cfg = BDHSConfig(seed=self.seed, batch_size=self.plan.eval_batch, extend_prob=self.plan.bdhs_extend)
+        cfg = BDHSConfig(seed=self.seed, batch_size=self.plan.eval_batch, extend_prob=self.plan.bdhs_extend,
+                         rho_th=self.plan.bdhs_rho_th)
         pairs, stats = run_bdhs(get_generator(model_dir), records, base_dir=self.train_world,
                                 embedder=SentenceEmbedder.from_path(None), cfg=cfg, progress=self.log)
         out = self._path("data", "bdhs_pairs.jsonl")
@@ -231,7 +257,7 @@ class Demo:
         from jax_align.recipes.bdhs import BDHSConfig, write_pairs
         from jax_align.recipes.multilevel import build_multilevel
 
-        records = self._sft_subset(self.plan.mdpo_records)
+        records = self._caption_subset(self.plan.mdpo_records)
         groups = build_multilevel(get_generator(model_dir), records, base_dir=self.train_world,
                                   cfg=BDHSConfig(seed=self.seed, batch_size=self.plan.eval_batch))
         out = self._path("data", "multilevel.jsonl")
@@ -241,10 +267,19 @@ class Demo:
         return out
 
     def _margins(self, reward_model: str, pairs: str) -> str:
+        """Reward-model margins on a random subset of the BDHS pairs (MM-DPO sees each once)."""
+        import numpy as np
+
         from jax_align.recipes.reward_scoring import attach_margins, score_pairs
 
-        rewards = score_pairs(reward_model, pairs, batch_size=self.plan.eval_batch // 2,
-                              buckets=(self.plan.max_length, 2 * self.plan.max_length))
+        with open(pairs) as f:
+            lines = [line for line in f if line.strip()]
+        keep = np.random.default_rng(self.seed + 2).permutation(len(lines))[: self.plan.mmdpo_pairs]
+        subset = self._path("data", "mmdpo_pairs.jsonl")
+        with open(subset, "w") as f:
+            f.writelines(lines[i] for i in sorted(keep))
+        pairs = subset
+        rewards = score_pairs(reward_model, pairs, batch_size=self.plan.eval_batch // 2, buckets=self.plan.buckets)
         out = self._path("data", "bdhs_pairs_margins.jsonl")
         self.data["reward_margins"] = attach_margins(pairs, rewards, out)
         return out

@@ -87,12 +87,45 @@ def _plots(demo) -> list[str]:
     return files
 
 
+METHOD_NOTES = [
+    "## How the pipeline is set up, and why",
+    "",
+    "- The tiny LLaVA (CLIP 48 px / patch 16 = 9 image tokens, 2-layer Llama of width 128) is trained from "
+    "scratch: captions first, then SFT on captions, VQA and yes/no questions. Learning rates matter most: at "
+    "3e-3 the model stayed at CHAIR_i ~30% (binding the wrong shape or colour to an object it had located); at "
+    "1e-3 / 7e-4 it describes scenes with ~5% CHAIR_i.",
+    "- BDHS (spec 2.2, defaults rho_th 0.99, N 5, eps 0.97, yes/no swap 0.5) runs on the training world's SFT "
+    "answers: every detailed caption, POPE-style existence questions over training scenes (half about the biased "
+    "companions) and attribute/position VQA. Library decisions: the first attempt is greedy and retries sample, "
+    "EOS is banned inside a guided sentence, and each caption gets one more masked sentence after the truth "
+    "(an extra, usually co-occurring, object).",
+    "- DPO (sigmoid, beta 0.1) adds the chosen answer's NLL (weight 1, RPO / MM-DPO's gamma) and uses the "
+    "reference log-probs cached once before training. Without the NLL term DPO degenerates on this model.",
+    "- MDPO trains on groups of truth, then BDHS answers with one and two hallucinated sentences; MM-DPO uses "
+    "the same BDHS pairs as DPO with margins from a reward model trained on the world's scored candidates.",
+    "- Counts, sizes and the evaluation world are never used in training; the evaluation world has its own seed.",
+]
+
+
+def goal_check(rel: dict | None) -> dict:
+    """The issue's goal for DPO: FPR and CHAIR_i at least 50% lower, VQA at most 1 point lower."""
+    if rel is None or rel["pope_adv_fpr_rel"] is None or rel["chair_i_rel"] is None:
+        return {"met": False, "verdict": "not measurable", "detail": "no DPO result or a zero SFT baseline"}
+    checks = {"pope_adv_fpr": rel["pope_adv_fpr_rel"] <= -0.5, "chair_i": rel["chair_i_rel"] <= -0.5,
+              "vqa": rel["vqa_delta_points"] >= -1.0}
+    met = all(checks.values())
+    failed = [k for k, ok in checks.items() if not ok]
+    return {"met": met, "checks": checks, "verdict": "met" if met else "not met",
+            "detail": "all three hold" if met else "fails: " + ", ".join(failed)}
+
+
 def write_report(demo) -> dict:
     head, rows = summary_table(demo.results)
     report = {"settings": demo.settings(), "metrics": demo.results, "summary": {n: _row(demo.results[n])
                                                                                for n in demo.results},
               "relative_to_sft": relative_changes(demo.results), "data": demo.data, "timings_s": demo.timings,
               "models": {n: os.path.join("models", n) for n in demo.results}}
+    report["goal"] = goal_check(report["relative_to_sft"].get("dpo"))
     report["plots"] = _plots(demo)
     with open(os.path.join(demo.out, "report.json"), "w") as f:
         json.dump(report, f, indent=2, sort_keys=True)
@@ -111,6 +144,10 @@ def write_report(demo) -> dict:
         fmt_rel = lambda v: "n/a" if v is None else f"{100 * v:+.1f}%"
         lines.append(f"- {name}: POPE-adversarial FPR {fmt_rel(rel['pope_adv_fpr_rel'])}, CHAIR_i "
                      f"{fmt_rel(rel['chair_i_rel'])}, VQA {rel['vqa_delta_points']:+.1f} points")
+    goal = report["goal"]
+    lines += ["", f"Goal (DPO with BDHS: POPE-adversarial FPR and CHAIR_i at least 50% lower than SFT, VQA at most "
+              f"1 point lower): **{goal['verdict']}** on this evaluation world ({goal['detail']}).", "",
+              *METHOD_NOTES]
     lines += ["", "## Data", "", "```", json.dumps(demo.data, indent=2, sort_keys=True), "```", "",
               "## Settings", "", f"seed {demo.seed}; training world seed {demo.seed}, "
               f"{plan['train_scenes']} scenes.", "", "```", json.dumps(plan, indent=2), "```", "",

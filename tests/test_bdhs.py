@@ -33,7 +33,7 @@ def test_guided_plan_forces_ground_truth_prefixes():
         assert second.prefix.startswith("There is a small red circle at the top left. ")
         assert 1 <= len(second.kept.split()) < len(split_sentences(answer)[1].split())
     extended = _plan_guided(answer, np.random.default_rng(1), 0.5, 0, extend_prob=1.0)
-    assert len(extended) == 3 and extended[-1].prefix == answer and extended[-1].kept == ""
+    assert len(extended) == 3 and extended[-1].prefix == answer + " There" and extended[-1].kept == "There"
     flips = [_plan_guided("Yes.", np.random.default_rng(s), 0.5, 0)[0] for s in range(200)]
     fixed = [j.fixed for j in flips if j.fixed is not None]
     assert set(fixed) == {"No."} and 60 < len(fixed) < 140  # swapped with probability 0.5

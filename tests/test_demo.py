@@ -33,6 +33,12 @@ def test_quick_demo_outputs(tmp_path):
         assert (out / plot).stat().st_size > 1000
     md = (out / "report.md").read_text()
     assert "| sft" in md and "| dpo" in md and "seed 0" in md
+    goal = report["goal"]  # the issue's goal, judged from this run's own numbers
+    rel = report["relative_to_sft"]["dpo"]
+    if rel["pope_adv_fpr_rel"] is not None and rel["chair_i_rel"] is not None:
+        expect = rel["pope_adv_fpr_rel"] <= -0.5 and rel["chair_i_rel"] <= -0.5 and rel["vqa_delta_points"] >= -1
+        assert goal["met"] == expect
+    assert f"**{goal['verdict']}**" in md
     # the exported SFT model answers through the public CLI
     prompts = tmp_path / "in.jsonl"
     world = out / "world" / "eval"
@@ -45,3 +51,13 @@ def test_quick_demo_outputs(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert gen.returncode == 0, gen.stderr[-2000:]
     assert "response" in json.loads((tmp_path / "out.jsonl").read_text().splitlines()[0])
+
+
+def test_goal_check_follows_the_issue_thresholds():
+    from jax_align.demo_report import goal_check
+
+    ok = {"pope_adv_fpr_rel": -0.6, "chair_i_rel": -0.5, "vqa_delta_points": -1.0}
+    assert goal_check(ok)["met"]
+    assert goal_check({**ok, "chair_i_rel": -0.49})["detail"] == "fails: chair_i"
+    assert not goal_check({**ok, "vqa_delta_points": -1.01})["met"]
+    assert not goal_check({**ok, "pope_adv_fpr_rel": None})["met"] and not goal_check(None)["met"]

@@ -114,7 +114,10 @@ def _plan_guided(answer: str, rng: np.random.Generator, swap_prob: float, record
         prefix = (earlier + " " + kept).strip() if kept else earlier
         jobs.append(_Job(record, k, prefix, kept))
     if len(sentences) > 1 and extend_prob and rng.random() < extend_prob:
-        jobs.append(_Job(record, len(sentences), " ".join(sentences), ""))
+        # the extra sentence starts with the last sentence's first word ("There ...") so that the masked policy
+        # writes a whole sentence instead of being forced past the end-of-sequence it would emit
+        opener = sentences[-1].split()[0]
+        jobs.append(_Job(record, len(sentences), " ".join(sentences) + " " + opener, opener))
     return jobs
 
 
