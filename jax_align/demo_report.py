@@ -95,8 +95,10 @@ METHOD_NOTES = [
     "3e-3 the model stayed at CHAIR_i ~30% (binding the wrong shape or colour to an object it had located); at "
     "1e-3 / 7e-4 it describes scenes with ~5% CHAIR_i.",
     "- BDHS (spec 2.2, defaults rho_th 0.99, N 5, eps 0.97, yes/no swap 0.5) runs on the training world's SFT "
-    "answers: every detailed caption, POPE-style existence questions over training scenes (half about the biased "
-    "companions) and attribute/position VQA. Library decisions: the first attempt is greedy and retries sample, "
+    "answers: every detailed caption (half of them twice, as independent samples), POPE-style existence "
+    "questions over training scenes (half about the biased companions) and attribute/position VQA (no counts: "
+    "the masked policy's 'One.' is also the most frequent truth, so the kept pairs would teach over-counting). "
+    "Library decisions: the first attempt is greedy and retries sample, "
     "EOS is banned inside a guided sentence, and each caption gets one more masked sentence after the truth "
     "(an extra, usually co-occurring, object).",
     "- DPO (sigmoid, beta 0.1) adds the chosen answer's NLL (weight 1, RPO / MM-DPO's gamma) and uses the "
