@@ -36,6 +36,18 @@ def world(tmp_path_factory):
     return d
 
 
+def _run_script(name, *args, devices=None, timeout=600):
+    """Run ``tests/scripts/NAME`` in a subprocess (optionally on N simulated CPU devices); its last stdout line
+    is a JSON result."""
+    env = dict(os.environ)
+    if devices:
+        env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "scripts", name), *map(str, args)],
+                         env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def _cfg(world, run_dir, stage, data, *overrides):
     base = [f"run.dir={run_dir}", f"run.stage={stage}", "model.init=tiny-world",
             f"model.tokenizer={os.path.join(world, 'tokenizer')}", f"data.train={os.path.join(world, data)}",
@@ -114,11 +126,7 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(world, tmp_path):
 
 
 def test_sharded_training_equals_single_device(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "scripts", "sharded_train.py"), str(tmp_path)],
-                         env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = _run_script("sharded_train.py", tmp_path, devices=8)
     assert result["steps"] == 4
     assert result["max_loss_diff"] < 1e-5, result
     assert result["max_param_diff"] < 1e-5, result
@@ -190,20 +198,13 @@ def test_lora_dpo_trains_adapters_only_and_exports_merged(world, tmp_path):
 def test_two_processes_equal_one(world, tmp_path):
     """jax.distributed on localhost: each process reads its shard of the data (records 0,2,4,.. and 1,3,5,..),
     the global batch holds the same groups as the single-process batch, so the losses agree."""
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "scripts", "two_process_train.py"),
-                          str(tmp_path), world], capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
-    losses = json.loads(out.stdout.strip().splitlines()[-1])
+    losses = _run_script("two_process_train.py", tmp_path, world, timeout=900)
     assert len(losses["two"]) == len(losses["single"]) == 3
     np.testing.assert_allclose(losses["two"], losses["single"], rtol=1e-5, atol=1e-6)
 
 
 def test_resume_onto_a_different_mesh(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "scripts", "remesh_resume.py"), str(tmp_path)],
-                         env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = _run_script("remesh_resume.py", tmp_path, devices=8)
     assert result["start_step"] == 2 and result["steps"] == 4
     assert result["max_loss_diff"] < 1e-5, result
 

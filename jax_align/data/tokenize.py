@@ -346,28 +346,27 @@ class ChatTokenizer:
         for ctx, resp in zip(contexts, responses, strict=True):
             conv = tuple(prompt) + tuple(ctx)
             text = self.render(conv, True)
-            ids, _ = self.encode(text)
+            ids, starts = self.encode(text)
             rounds = sum(1 for m in conv if m.role == "assistant")
-            parts.append((conv, text, ids, self._tokenize_response(conv, tuple(resp), text, rounds)))
+            parts.append((conv, text, ids, starts, self._tokenize_response(conv, tuple(resp), text, rounds)))
         first_ids = parts[0][2]
-        common = min(ids.shape[0] for _, _, ids, _ in parts)
-        for _, _, ids, _ in parts[1:]:
+        common = min(p[2].shape[0] for p in parts)
+        for _, _, ids, _, _ in parts[1:]:
             differ = np.flatnonzero(ids[:common] != first_ids[:common])
             if differ.size:
                 common = int(differ[0])
         if common == 0:
             raise TemplateError("the per-response prompts share no leading tokens")
-        for _, _, ids, _ in parts:
+        for _, _, ids, _, _ in parts:
             if np.any(ids[common:] == self.image_token_id):
                 raise TemplateError("every image must come before the text that differs between responses")
-        conv0, text0, _, _ = parts[0]
-        _, starts0 = self.encode(text0)
+        conv0, text0, _, starts0, _ = parts[0]
         cuttable = np.zeros(common, dtype=bool)
         for a, b in self._user_text_spans(conv0, text0):
             cuttable |= (starts0[:common] >= a) & (starts0[:common] < b)
         cuttable &= first_ids[:common] != self.image_token_id
         out = []
-        for _, _, ids, r in parts:
+        for _, _, ids, _, r in parts:
             context = ids[common:]
             n = context.shape[0]
             out.append(

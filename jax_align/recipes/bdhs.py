@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from jax_align.data.image_paths import rebase_images
 from jax_align.sampling import SamplingParams
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -202,7 +203,4 @@ def write_pairs(pairs: list[dict], in_base: str, out_path: str) -> None:
     out_dir = os.path.dirname(os.path.abspath(out_path))
     with open(out_path, "w") as f:
         for p in pairs:
-            p = dict(p)
-            if isinstance(p.get("image"), str) and not os.path.isabs(p["image"]):
-                p["image"] = os.path.relpath(os.path.join(in_base, p["image"]), out_dir)
-            f.write(json.dumps(p) + "\n")
+            f.write(json.dumps(rebase_images(p, in_base, out_dir)) + "\n")

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jax_align.data.image_paths import rebase_images
 from jax_align.data.pipeline import DataConfig, DataPipeline
 from jax_align.model_store import load_model
 from jax_align.train.steps import response_rewards
@@ -53,21 +54,6 @@ def score_pairs(model_dir: str, pairs_path: str, *, batch_size: int = 16, bucket
         for g, idx in enumerate(batch["record_index"]):
             if idx >= 0 and batch["group_mask"][g]:
                 out[idx] = r[g]
-    return out
-
-
-def rebase_images(record: dict, src_dir: str, dst_dir: str) -> dict:
-    """A copy of ``record`` whose relative image paths resolve from ``dst_dir`` as they did from ``src_dir``."""
-    def move(v):
-        is_rel = isinstance(v, str) and not os.path.isabs(v) and not v.startswith(("http:", "https:", "data:"))
-        return os.path.relpath(os.path.join(src_dir, v), dst_dir) if is_rel else v
-
-    out = dict(record)
-    for key in ("image", "images"):
-        if isinstance(out.get(key), str):
-            out[key] = move(out[key])
-        elif isinstance(out.get(key), list):
-            out[key] = [move(v) for v in out[key]]
     return out
 
 
