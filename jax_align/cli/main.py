@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from jax_align.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()  # persistent XLA cache: $JAX_ALIGN_CACHE_DIR (off disables), else ~/.cache/jax-align
     return int(_load(args._module).run(args) or 0)
 
 
