@@ -13,6 +13,12 @@ from dataclasses import dataclass
 
 SUPPORTED_TEXT = ("llama", "mistral", "qwen2")
 SUPPORTED_VISION = ("clip_vision_model", "siglip_vision_model")
+# model_type -> architecture of the three LLaVA families (AnyRes for the last two)
+FAMILIES = {
+    "llava": "LlavaForConditionalGeneration",
+    "llava_next": "LlavaNextForConditionalGeneration",
+    "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+}
 
 
 class UnsupportedModelError(ValueError):
@@ -98,25 +104,41 @@ class LlavaConfig:
     select_strategy: str = "default"  # "default" drops the first (class) token, "full" keeps all
     hf_json: str = ""  # the original HF config.json text, kept for export
     source_dir: str = ""  # where tokenizer/processor files can be copied from on export
+    model_type: str = "llava"  # llava | llava_next | llava_onevision
+    image_grid_pinpoints: tuple = ()  # AnyRes resolutions ((h, w), ...)
+    vision_aspect_ratio: str = ""  # OneVision: "anyres_max_N"
+
+    @property
+    def anyres(self) -> bool:
+        return self.model_type != "llava"
+
+    @property
+    def tile_tokens(self) -> int:
+        """Features one tile (one vision-tower image) contributes (HF drops the first one for "default")."""
+        n = self.vision.num_positions
+        return n - 1 if self.select_strategy == "default" else n
 
     @property
     def num_image_tokens(self) -> int:
-        """Image tokens per image in the decoder input (HF drops the first token for "default", always)."""
-        n = self.vision.num_positions
-        return n - 1 if self.select_strategy == "default" else n
+        """Image tokens per image of the fixed-count LLaVA family. AnyRes families depend on the image size:
+        ask the front end (:mod:`jax_align.models.frontends`)."""
+        if self.anyres:
+            raise ValueError(f"{self.model_type}: the number of image tokens depends on the image size; use "
+                             "jax_align.models.frontends.frontend_for(config).num_tokens(height, width)")
+        return self.tile_tokens
 
     # ----------------------------------------------------------------------------------------------
     @classmethod
     def from_hf_dict(cls, cfg: dict) -> "LlavaConfig":
         model_type = cfg.get("model_type")
-        if model_type != "llava":
+        if model_type not in FAMILIES:
             raise UnsupportedModelError(
-                f"model_type {model_type!r} is not supported (supported: 'llava', i.e. "
-                "LlavaForConditionalGeneration with a CLIP or SigLIP vision tower)"
+                f"model_type {model_type!r} is not supported (supported: {sorted(FAMILIES)}, i.e. "
+                f"{', '.join(FAMILIES.values())} with a CLIP or SigLIP vision tower)"
             )
-        archs = cfg.get("architectures") or ["LlavaForConditionalGeneration"]
-        if archs[0] != "LlavaForConditionalGeneration":
-            raise UnsupportedModelError(f"architecture {archs[0]!r} is not supported")
+        archs = cfg.get("architectures") or [FAMILIES[model_type]]
+        if archs[0] != FAMILIES[model_type]:
+            raise UnsupportedModelError(f"architecture {archs[0]!r} is not supported for model_type {model_type!r}")
         vcfg, tcfg = cfg.get("vision_config") or {}, cfg.get("text_config") or {}
         vision = _vision_from_hf(vcfg)
         text = _text_from_hf(tcfg, cfg)
@@ -126,12 +148,14 @@ class LlavaConfig:
         for x in layers:
             if not -(vision.num_layers + 1) <= x <= vision.num_layers:
                 raise ValueError(f"vision_feature_layer {x} out of range for {vision.num_layers} layers")
-        strategy = cfg.get("vision_feature_select_strategy", "default")
+        strategy = cfg.get("vision_feature_select_strategy",
+                           "full" if model_type == "llava_onevision" else "default")
         if strategy not in ("default", "full"):
             raise UnsupportedModelError(f"vision_feature_select_strategy {strategy!r} is not supported")
         token = cfg.get("image_token_id", cfg.get("image_token_index"))
         if token is None:
             raise ValueError("config.json has neither image_token_id nor image_token_index")
+        anyres = _anyres_from_hf(cfg, model_type, vision, strategy)
         return cls(
             vision=vision,
             text=text,
@@ -142,6 +166,7 @@ class LlavaConfig:
             feature_layer_is_list=is_list,
             select_strategy=strategy,
             hf_json=json.dumps(cfg, sort_keys=True),
+            **anyres,
         )
 
     @classmethod
@@ -158,16 +183,21 @@ class LlavaConfig:
         """The HF config.json for this model: the original one when known, updated with our fields."""
         cfg = json.loads(self.hf_json) if self.hf_json else {}
         cfg.update(
-            architectures=["LlavaForConditionalGeneration"],
-            model_type="llava",
+            architectures=[FAMILIES[self.model_type]],
+            model_type=self.model_type,
             image_token_index=self.image_token_id,
             projector_hidden_act=self.projector_hidden_act,
             multimodal_projector_bias=self.projector_bias,
             vision_feature_layer=list(self.feature_layers) if self.feature_layer_is_list else self.feature_layers[0],
             vision_feature_select_strategy=self.select_strategy,
             tie_word_embeddings=self.text.tie_word_embeddings,
-            image_seq_length=self.num_image_tokens,
         )
+        if self.anyres:
+            cfg["image_grid_pinpoints"] = [list(p) for p in self.image_grid_pinpoints]
+            if self.model_type == "llava_onevision":
+                cfg["vision_aspect_ratio"] = self.vision_aspect_ratio
+        else:
+            cfg["image_seq_length"] = self.num_image_tokens
         cfg.pop("image_token_id", None)
         cfg["vision_config"] = _vision_to_hf(self.vision, cfg.get("vision_config") or {})
         cfg["text_config"] = _text_to_hf(self.text, cfg.get("text_config") or {})
@@ -175,6 +205,33 @@ class LlavaConfig:
 
     def replace(self, **kw) -> "LlavaConfig":
         return dataclasses.replace(self, **kw)
+
+
+# transformers' defaults (LlavaNextConfig / LlavaOnevisionConfig) when config.json leaves them out
+_DEFAULT_PINPOINTS = {
+    "llava_next": ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)),
+    "llava_onevision": tuple((384 * i, 384 * j) for i in range(1, 7) for j in range(1, 7)),
+}
+
+
+def _anyres_from_hf(cfg: dict, model_type: str, vision: VisionConfig, strategy: str) -> dict:
+    if model_type == "llava":
+        return {}
+    points = cfg.get("image_grid_pinpoints") or _DEFAULT_PINPOINTS[model_type]
+    points = tuple((int(h), int(w)) for h, w in points)
+    side = vision.image_size // vision.patch_size
+    per_tile = vision.num_positions - (1 if strategy == "default" else 0)
+    if per_tile != side * side:
+        raise UnsupportedModelError(
+            f"{model_type}: a tile gives {per_tile} features but AnyRes needs a {side}x{side} map (CLIP needs "
+            "vision_feature_select_strategy 'default', SigLIP 'full')")
+    out = {"model_type": model_type, "image_grid_pinpoints": points}
+    if model_type == "llava_onevision":
+        ratio = cfg.get("vision_aspect_ratio", "anyres_max_9")
+        if not str(ratio).startswith("anyres_max_"):
+            raise UnsupportedModelError(f"vision_aspect_ratio {ratio!r} is not supported (anyres_max_N only)")
+        out["vision_aspect_ratio"] = str(ratio)
+    return out
 
 
 def _vision_from_hf(v: dict) -> VisionConfig:

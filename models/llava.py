@@ -11,9 +11,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
+from .anyres import AnyResImages
 from .config import LlavaConfig
 from .decoder import Decoder
-from .layers import Dense, activation
+from .layers import Dense, activation, param
 from .vision import VisionTower
 
 
@@ -32,10 +33,16 @@ class Projector(nnx.Module):
 
 class LlavaModel(nnx.Module):
     def __init__(self, cfg: LlavaConfig, *, rngs: nnx.Rngs | None = None, param_dtype=jnp.float32, dtype=None,
-                 remat: str = "none"):
+                 remat: str = "none", attention: str = "auto", scan_layers=None):
+        # attention: auto | reference | blockwise | cudnn | splash (models/attention.py); scan_layers: None
+        # (auto: scan decoders of >= 8 layers) | True | False (models/decoder.py)
         self.vision_tower = VisionTower(cfg.vision, rngs, param_dtype)
         self.multi_modal_projector = Projector(cfg, rngs, param_dtype, dtype)
-        self.language_model = Decoder(cfg.text, rngs, param_dtype, dtype, remat=remat)
+        self.language_model = Decoder(cfg.text, rngs, param_dtype, dtype, remat=remat, attention=attention,
+                                      scan_layers=scan_layers)
+        if cfg.anyres:  # LLaVA-NeXT / OneVision: the learned vector closing each row of the tile map
+            self.image_newline = param(rngs, (cfg.text.hidden_size,), ("embed",), param_dtype,
+                                       std=cfg.text.hidden_size ** -0.5)
         if not cfg.text.tie_word_embeddings:
             self.lm_head = Dense(cfg.text.hidden_size, cfg.text.vocab_size, axes=("embed", "vocab"), use_bias=False,
                                  rngs=rngs, param_dtype=param_dtype, dtype=dtype)
@@ -81,8 +88,33 @@ class LlavaModel(nnx.Module):
             gathered = feats[idx].reshape(*input_ids.shape, -1)
         return jnp.where(is_img[..., None], gathered, x)
 
+    def anyres_features(self, images: AnyResImages):
+        """AnyRes tiles -> the image-token features of :class:`~.anyres.AnyResImages`'s plan.
+
+        Returns ``[M, E]`` (batch-major) or ``[B, M, E]`` (row-wise). Every tile, padding included, goes through
+        the tower (static shapes); the plan's zero weights drop padding tiles and padding tokens.
+        """
+        tiles = images.tiles
+        lead = tiles.shape[:-3]
+        f = self.encode_images(tiles.reshape(-1, *tiles.shape[-3:]))  # [n_tiles, P, E]
+        e = f.shape[-1]
+        w = images.weight.astype(f.dtype)
+        nl = images.newline.astype(f.dtype)[..., None] * self.image_newline[...].astype(f.dtype)
+        if images.row_wise:
+            f = f.reshape(lead[0], -1, e)  # [B, N*T*P, E]
+            b, m, k = images.index.shape
+            g = jnp.take_along_axis(f, images.index.reshape(b, m * k)[..., None], axis=1).reshape(b, m, k, e)
+        else:
+            g = f.reshape(-1, e)[images.index]  # [M, K, E]
+        out = g[..., 0, :] * w[..., 0, None]
+        for j in range(1, g.shape[-2]):
+            out = out + g[..., j, :] * w[..., j, None]
+        return out + nl
+
     def image_features_for(self, pixel_values, batch: int):
-        """Encode ``pixel_values`` and lay the features out for :meth:`embed`."""
+        """Encode ``pixel_values`` (an array, or :class:`AnyResImages`) and lay the features out for :meth:`embed`."""
+        if isinstance(pixel_values, AnyResImages):
+            return self.anyres_features(pixel_values)
         if pixel_values.ndim == 5:
             b, n = pixel_values.shape[:2]
             f = self.encode_images(pixel_values.reshape(b * n, *pixel_values.shape[2:]))
