@@ -1,4 +1,5 @@
-"""Facts the data pipeline needs from a LLaVA ``config.json``: image-token id and image-token count."""
+"""Facts the data pipeline needs from a LLaVA ``config.json``: image-token id and (from the model family's
+vision front end) image-token counts."""
 
 from __future__ import annotations
 
@@ -6,11 +7,7 @@ import json
 import os
 from typing import Any
 
-# transformers' defaults when vision_config leaves them out (CLIPVisionConfig / SiglipVisionConfig)
-_VISION_DEFAULTS = {
-    "clip_vision_model": {"image_size": 224, "patch_size": 32},
-    "siglip_vision_model": {"image_size": 224, "patch_size": 16},
-}
+SUPPORTED_VISION = ("clip_vision_model", "siglip_vision_model")
 
 
 def load_model_config(model_dir: str) -> dict[str, Any]:
@@ -24,28 +21,49 @@ def load_model_config(model_dir: str) -> dict[str, Any]:
 def vision_model_type(config: dict[str, Any]) -> str:
     vision = config.get("vision_config") or {}
     model_type = vision.get("model_type", "clip_vision_model")
-    if model_type not in _VISION_DEFAULTS:
+    if model_type not in SUPPORTED_VISION:
         raise ValueError(
-            f"unsupported vision_config.model_type {model_type!r}; expected one of {list(_VISION_DEFAULTS)}"
+            f"unsupported vision_config.model_type {model_type!r}; expected one of {list(SUPPORTED_VISION)}"
         )
     return model_type
 
 
-def num_image_tokens(config: dict[str, Any]) -> int:
-    """Image tokens one image expands to: ``(image_size // patch_size)**2``, plus CLIP's class token, minus
-    one when ``vision_feature_select_strategy == "default"`` (HF drops the first feature, even for SigLIP).
+def model_config(config: dict[str, Any]):
+    """The parsed :class:`~jax_align.models.config.LlavaConfig` of a ``config.json`` dict (``model_type`` defaults
+    to ``llava``; the image-token id is not needed for counting)."""
+    from jax_align.models.config import LlavaConfig
+
+    vision_model_type(config)
+    full = dict(config)
+    full.setdefault("model_type", "llava")
+    if full.get("image_token_id") is None and full.get("image_token_index") is None:
+        full["image_token_index"] = -1
+    return LlavaConfig.from_hf_dict(full)
+
+
+def frontend(config: dict[str, Any], processor: dict[str, Any] | None = None):
+    """The model family's vision front end (:mod:`jax_align.models.frontends`): the one place that knows how
+    many image tokens an image becomes. ``processor``: the image-processor settings, if known."""
+    from jax_align.models.frontends import frontend_for
+
+    return frontend_for(model_config(config), processor)
+
+
+def num_image_tokens(config: dict[str, Any], image_size: tuple[int, int] | None = None) -> int:
+    """Image tokens one image expands to, asked of the front end. Fixed-count LLaVA: ``(image_size //
+    patch_size)**2`` plus CLIP's class token, minus one for ``vision_feature_select_strategy == "default"``
+    (HF drops the first feature, even for SigLIP). AnyRes families (LLaVA-NeXT, OneVision) need the image's
+    ``(height, width)``.
     """
-    model_type = vision_model_type(config)
-    vision = {**_VISION_DEFAULTS[model_type], **(config.get("vision_config") or {})}
-    n = (int(vision["image_size"]) // int(vision["patch_size"])) ** 2
-    if model_type == "clip_vision_model":
-        n += 1
     strategy = config.get("vision_feature_select_strategy", "default")
     if strategy not in ("default", "full"):
         raise ValueError(f"unsupported vision_feature_select_strategy {strategy!r}")
-    if strategy == "default":
-        n -= 1
-    return n
+    fe = frontend(config)
+    if fe.anyres:
+        if image_size is None:
+            raise ValueError(f"{config.get('model_type')}: the image-token count depends on the image size")
+        return fe.num_tokens(*image_size)
+    return fe.num_tokens()
 
 
 def image_token_id(config: dict[str, Any]) -> int:
