@@ -33,13 +33,10 @@ class Projector(nnx.Module):
 
 class LlavaModel(nnx.Module):
     def __init__(self, cfg: LlavaConfig, *, rngs: nnx.Rngs | None = None, param_dtype=jnp.float32, dtype=None,
-                 remat: str = "none", attention: str = "auto", scan_layers=None):
-        # attention: auto | reference | blockwise | cudnn | splash (models/attention.py); scan_layers: None
-        # (auto: scan decoders of >= 8 layers) | True | False (models/decoder.py)
+                 remat: str = "none"):
         self.vision_tower = VisionTower(cfg.vision, rngs, param_dtype)
         self.multi_modal_projector = Projector(cfg, rngs, param_dtype, dtype)
-        self.language_model = Decoder(cfg.text, rngs, param_dtype, dtype, remat=remat, attention=attention,
-                                      scan_layers=scan_layers)
+        self.language_model = Decoder(cfg.text, rngs, param_dtype, dtype, remat=remat)
         if cfg.anyres:  # LLaVA-NeXT / OneVision: the learned vector closing each row of the tile map
             self.image_newline = param(rngs, (cfg.text.hidden_size,), ("embed",), param_dtype,
                                        std=cfg.text.hidden_size ** -0.5)
@@ -112,7 +109,7 @@ class LlavaModel(nnx.Module):
         return out + nl
 
     def image_features_for(self, pixel_values, batch: int):
-        """Encode ``pixel_values`` (an array, or :class:`AnyResImages`) and lay the features out for :meth:`embed`."""
+        """Encode ``pixel_values`` (an array or :class:`AnyResImages`) and lay the features out for :meth:`embed`."""
         if isinstance(pixel_values, AnyResImages):
             return self.anyres_features(pixel_values)
         if pixel_values.ndim == 5:
