@@ -136,13 +136,10 @@ class ImageProcessorConfig:
 
     @classmethod
     def from_model_dir(cls, model_dir: str, *, aspect_ratio: str | None = None) -> ImageProcessorConfig:
-        path = os.path.join(model_dir, "preprocessor_config.json")
-        if not os.path.exists(path):
-            raise FileNotFoundError(
-                f"{path}: missing (the checkpoint directory needs its image preprocessor config)"
-            )
-        with open(path) as f:
-            d = json.load(f)
+        from jax_align.models.frontends import load_image_processor_dict
+
+        # preprocessor_config.json, or the image_processor section of transformers 5's processor_config.json
+        d = load_image_processor_dict(model_dir)
         if aspect_ratio is None:
             cfg_path = os.path.join(model_dir, "config.json")
             if os.path.exists(cfg_path):
