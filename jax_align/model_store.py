@@ -22,6 +22,7 @@ from flax import nnx
 
 from jax_align.models import LlavaConfig, abstract_model, load_hf_params
 from jax_align.models.convert import copy_assets
+from jax_align.models.layer_stack import stack_layers, unstack_layers
 
 MARKER = "jax_align_model.json"
 
@@ -42,7 +43,7 @@ def save_model(out_dir: str, config: LlavaConfig, params, source_dir: str | None
         import shutil
 
         shutil.rmtree(target)
-    tree = nnx.to_pure_dict(params)
+    tree = nnx.to_pure_dict(unstack_layers(params))  # files hold per-layer tensors (scan_layers or not)
     if jax.process_count() > 1:  # a model file holds full arrays: gather them (every process joins the save)
         from jax.experimental import multihost_utils
 
@@ -60,11 +61,14 @@ def save_model(out_dir: str, config: LlavaConfig, params, source_dir: str | None
     return out_dir
 
 
-def load_model(path: str, dtype=None, shardings=None, compute_dtype=None, remat: str = "none"):
+def load_model(path: str, dtype=None, shardings=None, compute_dtype=None, remat: str = "none",
+               attention: str = "auto", scan_layers=None):
     """Load a jax-align model directory or a Hugging Face directory: ``(config, graphdef, params)``.
 
     ``dtype`` defaults to the stored dtype (fp32 for HF directories); ``shardings`` optionally places the
-    parameters on a mesh (a pytree from :func:`jax_align.sharding.state_shardings`).
+    parameters on a mesh (a pytree from :func:`jax_align.sharding.state_shardings`). ``attention`` and
+    ``scan_layers`` are model options (:class:`jax_align.models.LlavaModel`); files hold per-layer tensors
+    whatever ``scan_layers`` is (stacked after reading, unstacked by :func:`save_model`).
     """
     path = os.path.abspath(path)
     if not os.path.isdir(path):
@@ -72,21 +76,24 @@ def load_model(path: str, dtype=None, shardings=None, compute_dtype=None, remat:
     config = LlavaConfig.from_hf_dir(path).replace(source_dir=path)
     if not is_jax_align_model(path):
         graphdef, params = load_hf_params(path, config, param_dtype=dtype or jnp.float32, shardings=shardings,
-                                          dtype=compute_dtype, remat=remat)
+                                          dtype=compute_dtype, remat=remat, attention=attention,
+                                          scan_layers=scan_layers)
         return config, graphdef, params
     import orbax.checkpoint as ocp
 
     with open(os.path.join(path, MARKER)) as f:
         meta = json.load(f)
     dtype = dtype or jnp.dtype(meta.get("param_dtype", "float32"))
-    graphdef, abstract = abstract_model(config, param_dtype=dtype, dtype=compute_dtype, remat=remat)
+    graphdef, model_abstract = abstract_model(config, param_dtype=dtype, dtype=compute_dtype, remat=remat,
+                                              attention=attention, scan_layers=scan_layers)
+    abstract = unstack_layers(model_abstract)
     target = nnx.to_pure_dict(abstract)
     if shardings is not None:
-        flat_sh = nnx.to_pure_dict(shardings)
+        flat_sh = nnx.to_pure_dict(unstack_layers(shardings, config.text.num_layers))
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), target, flat_sh)
     else:
         target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), target)
     with ocp.StandardCheckpointer() as ckptr:
         restored = ckptr.restore(os.path.join(path, "params"), target)
     nnx.replace_by_pure_dict(abstract, restored)
-    return config, graphdef, abstract
+    return config, graphdef, stack_layers(abstract, like=model_abstract)

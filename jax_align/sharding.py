@@ -8,7 +8,9 @@ failing, and a mesh axis is used at most once per array.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -33,6 +35,7 @@ DEFAULT_RULES: tuple[tuple[str, object], ...] = (
     ("vision_pos", None),
     ("patch", None),
     ("lora_rank", None),
+    ("layers", None),  # the stacked-layer axis of a layer scan (models/layer_stack.py): never sharded
 )
 
 
@@ -108,3 +111,87 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+# -- rules from config, activation constraints -------------------------------------------------------------
+def rules_from_config(overrides=None, base=DEFAULT_RULES) -> tuple[tuple[str, object], ...]:
+    """The rules table with ``overrides`` applied (config ``mesh.rules``).
+
+    ``overrides``: a mapping ``{logical name: mesh axis | [mesh axes] | null}`` or a list of
+    ``[name, target]`` pairs. A name not in ``base`` is added; a target must name mesh axes of
+    :data:`MESH_AXES` (``null``/``None``/``[]`` = replicated). Raises ValueError naming the bad entry.
+    """
+    if not overrides:
+        return tuple(base)
+    items = overrides.items() if isinstance(overrides, Mapping) else overrides
+    table = dict(base)
+    for item in items:
+        try:
+            name, target = item
+        except (TypeError, ValueError):
+            raise ValueError(f"mesh.rules: entry {item!r} is not a (logical name, mesh axes) pair") from None
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"mesh.rules: logical name {name!r} is not a non-empty string")
+        if target is None or target == "" or (isinstance(target, (list, tuple)) and not target):
+            table[name] = None
+            continue
+        axes = (target,) if isinstance(target, str) else tuple(target)
+        bad = [a for a in axes if a not in MESH_AXES]
+        if bad or len(set(axes)) != len(axes):
+            raise ValueError(f"mesh.rules: {name}: {target!r} must name distinct mesh axes among {MESH_AXES}")
+        table[name] = axes[0] if len(axes) == 1 else axes
+    return tuple(table.items())
+
+
+_RULES: contextvars.ContextVar = contextvars.ContextVar("jax_align_sharding_rules", default=None)
+
+
+@contextlib.contextmanager
+def use_rules(rules) -> Iterator[None]:
+    """Make ``rules`` the table that :func:`constrain` resolves activations with (inside the ``with`` block;
+    open it around tracing, i.e. around the first call of a jitted function)."""
+    token = _RULES.set(tuple(rules) if rules is not None else None)
+    try:
+        yield
+    finally:
+        _RULES.reset(token)
+
+
+def active_rules():
+    rules = _RULES.get()
+    return DEFAULT_RULES if rules is None else rules
+
+
+def current_mesh():
+    """The mesh set by ``jax.set_mesh`` / ``jax.sharding.use_mesh`` or a legacy ``with mesh:`` block, else None."""
+    try:
+        mesh = jax.sharding.get_abstract_mesh()
+        if mesh is not None and not mesh.empty:
+            return mesh
+    except Exception:  # noqa: BLE001 - API differences across jax versions
+        pass
+    try:
+        from jax._src import mesh as mesh_lib
+
+        physical = mesh_lib.thread_resources.env.physical_mesh
+        if physical is not None and not physical.empty:
+            return physical
+    except Exception:  # noqa: BLE001
+        pass
+    return None
+
+
+def constrain(x, axes: Sequence[str | None], rules=None):
+    """``with_sharding_constraint`` of activation ``x`` by logical ``axes`` (``("batch", "length", "embed")``),
+    resolved through the rules table (:func:`use_rules`, else :data:`DEFAULT_RULES`).
+
+    A no-op outside a mesh context, or when every mesh axis has size 1; dimensions that the mapped axes do
+    not divide stay replicated (as for parameters).
+    """
+    mesh = current_mesh()
+    if mesh is None or int(np.prod(list(mesh.shape.values()))) == 1:
+        return x
+    spec = spec_for(axes, x.shape, mesh, rules if rules is not None else active_rules())
+    if isinstance(mesh, Mesh):
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+    return jax.lax.with_sharding_constraint(x, spec)

@@ -19,6 +19,7 @@ from flax import nnx
 from . import hf_names
 from .anyres import AnyResImages
 from .config import LlavaConfig
+from .layer_stack import stack_layers, unstack_layers
 from .llava import LlavaModel
 
 # Non-weight files of a Hugging Face model directory that travel with the weights.
@@ -32,16 +33,19 @@ class CheckpointError(ValueError):
     """A checkpoint that does not match the model it claims to be."""
 
 
-def abstract_model(cfg: LlavaConfig, param_dtype=jnp.float32, dtype=None, remat="none"):
+def abstract_model(cfg: LlavaConfig, param_dtype=jnp.float32, dtype=None, remat="none", attention="auto",
+                   scan_layers=None):
     """(graphdef, abstract state) without allocating parameters."""
     model = nnx.eval_shape(lambda: LlavaModel(cfg, rngs=nnx.Rngs(0), param_dtype=param_dtype, dtype=dtype,
-                                              remat=remat))
+                                              remat=remat, attention=attention, scan_layers=scan_layers))
     return nnx.split(model)
 
 
-def init_params(cfg: LlavaConfig, seed: int = 0, param_dtype=jnp.float32, dtype=None, remat="none"):
+def init_params(cfg: LlavaConfig, seed: int = 0, param_dtype=jnp.float32, dtype=None, remat="none",
+                attention="auto", scan_layers=None):
     """A randomly initialised model: (graphdef, state)."""
-    model = LlavaModel(cfg, rngs=nnx.Rngs(seed), param_dtype=param_dtype, dtype=dtype, remat=remat)
+    model = LlavaModel(cfg, rngs=nnx.Rngs(seed), param_dtype=param_dtype, dtype=dtype, remat=remat,
+                       attention=attention, scan_layers=scan_layers)
     return nnx.split(model)
 
 
@@ -90,15 +94,21 @@ def _index_hf_tensors(path: str) -> dict[str, tuple[str, str]]:
 
 
 def load_hf_params(path: str, cfg: LlavaConfig, param_dtype=jnp.float32, shardings=None, dtype=None,
-                   remat: str = "none"):
+                   remat: str = "none", attention: str = "auto", scan_layers=None):
     """Read the safetensors weights of ``path`` into the state of a ``LlavaModel(cfg)``.
 
     ``shardings`` (optional) is a pytree of ``NamedSharding`` matching the state; tensors are placed one by one.
-    ``dtype`` (compute dtype) and ``remat`` configure the returned graph definition.
+    ``dtype`` (compute dtype), ``remat``, ``attention`` and ``scan_layers`` configure the returned graph
+    definition; with a layer scan the per-layer tensors are stacked after reading (``shardings`` then matches
+    the stacked state).
     """
     from safetensors import safe_open
 
-    graphdef, abstract = abstract_model(cfg, param_dtype, dtype=dtype, remat=remat)
+    graphdef, target = abstract_model(cfg, param_dtype, dtype=dtype, remat=remat, attention=attention,
+                                      scan_layers=scan_layers)
+    abstract = unstack_layers(target)  # HF names are per layer
+    if shardings is not None:
+        shardings = unstack_layers(shardings, cfg.text.num_layers)
     expected = {hf_names.hf_name(p): (p, v) for p, v in flat_params(abstract)}
     available = _index_hf_tensors(path)
     tied = cfg.text.tie_word_embeddings
@@ -138,7 +148,7 @@ def load_hf_params(path: str, cfg: LlavaConfig, param_dtype=jnp.float32, shardin
     finally:
         handles.clear()
     state = nnx.from_flat_state({p: v.replace(values[p]) for p, v in nnx.to_flat_state(abstract)})
-    return graphdef, state
+    return graphdef, stack_layers(state, like=target)
 
 
 def make_forward(graphdef, cfg: LlavaConfig):
@@ -200,13 +210,14 @@ def check_image_tokens(cfg: LlavaConfig, input_ids: np.ndarray, pixel_shape) -> 
                          f"{n_images * cfg.num_image_tokens} ({n_images} images x {cfg.num_image_tokens})")
 
 
-def from_hf(path: str, dtype=jnp.float32):
+def from_hf(path: str, dtype=jnp.float32, **model_options):
     """Load a Hugging Face LLaVA directory: returns ``(config, params, forward)``.
 
     ``forward(params, input_ids, pixel_values, attention_mask)`` is pure and jitted; numpy inputs are accepted.
+    ``model_options``: ``remat``, ``attention``, ``scan_layers`` (see :class:`~.llava.LlavaModel`).
     """
     cfg = LlavaConfig.from_hf_dir(path).replace(source_dir=os.path.abspath(path))
-    graphdef, params = load_hf_params(path, cfg, param_dtype=dtype)
+    graphdef, params = load_hf_params(path, cfg, param_dtype=dtype, **model_options)
     return cfg, params, make_forward(graphdef, cfg)
 
 
@@ -221,7 +232,7 @@ def to_hf(config: LlavaConfig, params, out_dir: str, *, dtype=None, max_shard_si
 
     os.makedirs(out_dir, exist_ok=True)
     tensors = {}
-    for path_t, value in flat_params(params):
+    for path_t, value in flat_params(unstack_layers(params)):  # HF names are per layer
         name = hf_names.hf_name(path_t)
         if name == "language_model.lm_head.weight" and config.text.tie_word_embeddings:
             continue

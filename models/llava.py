@@ -33,10 +33,13 @@ class Projector(nnx.Module):
 
 class LlavaModel(nnx.Module):
     def __init__(self, cfg: LlavaConfig, *, rngs: nnx.Rngs | None = None, param_dtype=jnp.float32, dtype=None,
-                 remat: str = "none"):
+                 remat: str = "none", attention: str = "auto", scan_layers=None):
+        # attention: auto | reference | blockwise | cudnn | splash (models/attention.py); scan_layers: None
+        # (auto: scan decoders of >= 8 layers) | True | False (models/decoder.py)
         self.vision_tower = VisionTower(cfg.vision, rngs, param_dtype)
         self.multi_modal_projector = Projector(cfg, rngs, param_dtype, dtype)
-        self.language_model = Decoder(cfg.text, rngs, param_dtype, dtype, remat=remat)
+        self.language_model = Decoder(cfg.text, rngs, param_dtype, dtype, remat=remat, attention=attention,
+                                      scan_layers=scan_layers)
         if cfg.anyres:  # LLaVA-NeXT / OneVision: the learned vector closing each row of the tile map
             self.image_newline = param(rngs, (cfg.text.hidden_size,), ("embed",), param_dtype,
                                        std=cfg.text.hidden_size ** -0.5)

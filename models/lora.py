@@ -115,8 +115,20 @@ def _dotted(path: Sequence) -> str:
 
 
 def adaptable_layers(model: nnx.Module) -> list[tuple[str, Adaptable]]:
-    """Every layer of ``model`` that can carry adapters, as ``(dotted module path, layer)``, graph order."""
-    return [(_dotted(path), m) for path, m in nnx.iter_modules(model) if path and isinstance(m, Adaptable)]
+    """Every layer of ``model`` that can carry adapters, as ``(dotted module path, layer)``, graph order.
+
+    Under a layer scan a stacked layer appears once per layer, with its per-layer path (see
+    :func:`~.layers.layer_views`), so targets, layer ids and counts do not depend on ``scan_layers``."""
+    from .layers import layer_views
+
+    found = [(_dotted(path), m) for path, m in nnx.iter_modules(model) if path and isinstance(m, Adaptable)]
+    views = [v for p, m in found for v in layer_views(p, m)]
+    return sorted(views, key=lambda pv: _layer_order(pv[0]))
+
+
+def _layer_order(path: str):
+    """Sort key: graph order with stacked layers interleaved as in the per-layer layout (by layer index)."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.split("."))
 
 
 def adapted_layers(model: nnx.Module) -> list[tuple[str, Adaptable]]:
