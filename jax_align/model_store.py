@@ -31,33 +31,58 @@ def is_jax_align_model(path: str) -> bool:
     return os.path.isfile(os.path.join(path, MARKER))
 
 
+def check_replaceable(out_dir: str) -> None:
+    """Refuse to overwrite a non-empty directory that is not a model (a mistyped output path must not wipe it)."""
+    if not os.path.lexists(out_dir):
+        return
+    if not os.path.isdir(out_dir):
+        raise FileExistsError(f"{out_dir}: exists and is not a directory; choose another output path")
+    entries = [e for e in os.listdir(out_dir) if not e.startswith(".")]
+    if entries and not (is_jax_align_model(out_dir) or os.path.isfile(os.path.join(out_dir, "config.json"))):
+        raise FileExistsError(f"{out_dir}: exists and holds files that are not a model ({len(entries)} entries); "
+                              "choose another output path or remove it")
+
+
 def save_model(out_dir: str, config: LlavaConfig, params, source_dir: str | None = None) -> str:
-    """Write ``params`` (an NNX state) with Orbax, the config and the tokenizer/processor files."""
+    """Write ``params`` (an NNX state) with Orbax, the config and the tokenizer/processor files.
+
+    The directory is filled as a temporary sibling and renamed into place when complete
+    (:func:`jax_align.atomic.atomic_dir`): an existing model at ``out_dir`` stays loadable until the new one
+    replaces it, whatever fails or is killed in between.
+    """
     import orbax.checkpoint as ocp
 
-    out_dir = os.path.abspath(out_dir)
-    primary = jax.process_index() == 0  # every process joins the Orbax save; one writes the small files
-    os.makedirs(out_dir, exist_ok=True)
-    target = os.path.join(out_dir, "params")
-    if os.path.exists(target) and primary:
-        import shutil
+    from jax_align.atomic import atomic_dir
 
-        shutil.rmtree(target)
+    out_dir = os.path.abspath(out_dir)
+    check_replaceable(out_dir)
+    primary = jax.process_index() == 0  # every process joins the Orbax save; one writes the small files
     tree = nnx.to_pure_dict(unstack_layers(params))  # files hold per-layer tensors (scan_layers or not)
-    if jax.process_count() > 1:  # a model file holds full arrays: gather them (every process joins the save)
+    multi = jax.process_count() > 1
+    tmp = None
+    if multi:  # every process must write into the same temporary: a fixed name, emptied by process 0 first
         from jax.experimental import multihost_utils
 
+        tmp = os.path.join(os.path.dirname(out_dir), f".{os.path.basename(out_dir)}.tmp-save")
+        if primary and os.path.exists(tmp):
+            import shutil
+
+            shutil.rmtree(tmp)
+        multihost_utils.sync_global_devices("jax_align.save_model.tmp")
+        # a model file holds full arrays: gather them (every process joins the save)
         tree = jax.tree.map(lambda x: multihost_utils.process_allgather(x, tiled=True), tree)
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(target, tree)
-    dtype = str(jax.tree.leaves(params)[0].dtype)
-    if not primary:
-        return out_dir
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(config.to_hf_dict(), f, indent=2, sort_keys=True)
-    copy_assets(source_dir or config.source_dir, out_dir)
-    with open(os.path.join(out_dir, MARKER), "w") as f:  # written last: its presence means the save completed
-        json.dump({"format": "jax-align-model", "version": 1, "param_dtype": dtype}, f)
+    with atomic_dir(out_dir, tmp=tmp, commit=primary) as work:
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(os.path.join(work, "params"), tree)
+        dtype = str(jax.tree.leaves(params)[0].dtype)
+        if primary:
+            with open(os.path.join(work, "config.json"), "w") as f:
+                json.dump(config.to_hf_dict(), f, indent=2, sort_keys=True)
+            copy_assets(source_dir or config.source_dir, work)
+            with open(os.path.join(work, MARKER), "w") as f:  # written last: its presence means the save completed
+                json.dump({"format": "jax-align-model", "version": 1, "param_dtype": dtype}, f)
+    if multi:
+        multihost_utils.sync_global_devices("jax_align.save_model.done")
     return out_dir
 
 
