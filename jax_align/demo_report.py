@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+from jax_align.atomic import atomic_file, atomic_save
+
 MODELS = ("sft", "dpo", "mdpo", "mmdpo")
 
 
@@ -65,7 +67,7 @@ def _plots(demo) -> list[str]:
         ax.legend()
     fig.tight_layout()
     files.append("training_curves.png")
-    fig.savefig(os.path.join(demo.out, files[-1]), dpi=100)
+    atomic_save(os.path.join(demo.out, files[-1]), lambda p: fig.savefig(p, dpi=100))
     plt.close(fig)
 
     names = [n for n in MODELS if n in demo.results]
@@ -82,7 +84,7 @@ def _plots(demo) -> list[str]:
     ax.legend()
     fig.tight_layout()
     files.append("hallucination.png")
-    fig.savefig(os.path.join(demo.out, files[-1]), dpi=100)
+    atomic_save(os.path.join(demo.out, files[-1]), lambda p: fig.savefig(p, dpi=100))
     plt.close(fig)
     return files
 
@@ -129,7 +131,7 @@ def write_report(demo) -> dict:
               "models": {n: os.path.join("models", n) for n in demo.results}}
     report["goal"] = goal_check(report["relative_to_sft"].get("dpo"))
     report["plots"] = _plots(demo)
-    with open(os.path.join(demo.out, "report.json"), "w") as f:
+    with atomic_file(os.path.join(demo.out, "report.json")) as f:
         json.dump(report, f, indent=2, sort_keys=True)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     fmt = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=False)) + " |"
@@ -155,7 +157,7 @@ def write_report(demo) -> dict:
               f"{plan['train_scenes']} scenes.", "", "```", json.dumps(plan, indent=2), "```", "",
               "## Time (seconds)", "", "```", json.dumps(demo.timings, indent=2), "```", "",
               "![training curves](training_curves.png)", "", "![hallucination](hallucination.png)", ""]
-    with open(os.path.join(demo.out, "report.md"), "w") as f:
+    with atomic_file(os.path.join(demo.out, "report.md")) as f:
         f.write("\n".join(lines))
     print("\n".join(table))
     return report

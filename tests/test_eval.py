@@ -261,8 +261,8 @@ def test_cli_reports_missing_answer(hand_world, capsys):
     rows = [json.loads(line) for line in open(os.path.join(answers, "vqa.jsonl"))][1:]
     _write(os.path.join(answers, "vqa.jsonl"), rows)
     code = cli_main(["eval", "--world", world, "--answers", answers])
-    printed = capsys.readouterr().out
-    assert code == 1 and "vqa.jsonl: no answer for image" in printed
+    printed = capsys.readouterr().err
+    assert code == 2 and "vqa.jsonl: no answer for image" in printed
 
 
 def _independent_metrics(world, answers):
@@ -418,5 +418,5 @@ def test_cli_model_calls_generate_records(hand_world, tmp_path, monkeypatch, cap
 def test_cli_model_without_generate_module_fails_clearly(hand_world, monkeypatch, capsys):
     world, _ = hand_world
     monkeypatch.setitem(sys.modules, "jax_align.generate", None)
-    assert cli_main(["eval", "--world", world, "--model", "MODEL"]) == 1
-    assert "generate_records" in capsys.readouterr().out
+    assert cli_main(["eval", "--world", world, "--model", "MODEL"]) == 2
+    assert "generate_records" in capsys.readouterr().err

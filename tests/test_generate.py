@@ -326,7 +326,7 @@ def test_cli_reports_bad_input_by_line(world, model, tmp_path, capsys):
             ]
         )
         err = capsys.readouterr().err
-        assert rc == 1, name
+        assert rc == 2, name
         assert inp + message in err, (name, err)
     rc = main(
         [

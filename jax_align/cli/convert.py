@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16"}
@@ -24,26 +25,80 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def parse_size(text: str) -> int:
     units = {"KB": 1024, "MB": 1024**2, "GB": 1024**3, "B": 1}
     t = text.strip().upper()
-    for unit, mult in units.items():
-        if t.endswith(unit):
-            return int(float(t[: -len(unit)]) * mult)
-    return int(t)
+    try:
+        for unit, mult in units.items():
+            if t.endswith(unit):
+                size = int(float(t[: -len(unit)]) * mult)
+                break
+        else:
+            size = int(t)
+    except ValueError:
+        size = 0
+    if size <= 0:
+        from jax_align.cli.errors import CommandError
+
+        raise CommandError(f"expected a positive size such as 2GB or 500MB, got {text!r}", field="--max-shard-size")
+    return size
+
+
+def _check_source(src: str, direction: str) -> None:
+    """Cheap checks before anything is loaded: the source exists and looks like a model directory."""
+    from jax_align.cli.errors import CommandError
+    from jax_align.model_store import is_jax_align_model
+
+    if not os.path.exists(src):
+        raise CommandError("no such directory", file=src, field="source")
+    if not os.path.isdir(src):
+        raise CommandError("not a directory", file=src, field="source")
+    if not os.path.isfile(os.path.join(src, "config.json")) and not is_jax_align_model(src):
+        raise CommandError("config.json missing (not a Hugging Face or jax-align model directory)", file=src,
+                           field="source")
+    if direction == "to-hf" and is_jax_align_model(src) and not os.path.isdir(os.path.join(src, "params")):
+        raise CommandError("params/ missing (an incomplete jax-align model directory)", file=src, field="source")
+
+
+def _check_output(src: str, out: str) -> None:
+    from jax_align.cli.errors import CommandError
+    from jax_align.model_store import check_replaceable
+
+    if os.path.abspath(src) == os.path.abspath(out):
+        raise CommandError("the output is the source directory; choose another output path", file=out,
+                           field="output")
+    parent = os.path.dirname(os.path.abspath(out))
+    probe = parent
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.access(probe, os.W_OK):
+        raise CommandError("not writable", file=probe, field="output")
+    check_replaceable(out)
 
 
 def run(args) -> int:
-    import jax.numpy as jnp
+    from jax_align.cli.errors import located
+    from jax_align.run_lock import lock_output
 
-    from jax_align.model_store import load_model, save_model
-    from jax_align.models import to_hf
+    max_shard = parse_size(args.max_shard_size) if args.direction == "to-hf" else None
+    _check_source(args.src, args.direction)
+    _check_output(args.src, args.out)
+    with lock_output(args.out):  # one writer per output; the output is replaced only when complete
+        import jax.numpy as jnp
 
-    if args.direction == "from-hf":
-        config, _, params = load_model(args.src, dtype=jnp.dtype(DTYPES[args.dtype]))
-        save_model(args.out, config, params, source_dir=args.src)
-        print(f"wrote jax-align model {args.out} ({config.text.kind}+{config.vision.kind}, {args.dtype})")
-    else:
-        config, _, params = load_model(args.src)
-        dtype = jnp.dtype(DTYPES[args.dtype]) if args.dtype else None
-        to_hf(config, params, args.out, dtype=dtype, max_shard_size=parse_size(args.max_shard_size),
-              source_dir=args.src)
-        print(f"wrote Hugging Face model {args.out}")
+        from jax_align.model_store import load_model, save_model
+
+        if args.direction == "from-hf":
+            with located(args.src, "source"):
+                config, _, params = load_model(args.src, dtype=jnp.dtype(DTYPES[args.dtype]))
+            with located(args.out, "output"):
+                save_model(args.out, config, params, source_dir=args.src)
+            print(f"wrote jax-align model {args.out} ({config.text.kind}+{config.vision.kind}, {args.dtype})")
+        else:
+            from jax_align.atomic import atomic_dir
+            from jax_align.models import to_hf
+
+            with located(args.src, "source"):
+                config, _, params = load_model(args.src)
+            dtype = jnp.dtype(DTYPES[args.dtype]) if args.dtype else None
+            with located(args.out, "output"), atomic_dir(args.out) as work:
+                to_hf(config, params, work, dtype=dtype, max_shard_size=max_shard, source_dir=args.src)
+            print(f"wrote Hugging Face model {args.out}")
     return 0

@@ -47,6 +47,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="resolve relative image paths here (default: the data file's directory)",
     )
     p.add_argument("--split", default=None, help="split of a saved DatasetDict")
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer directory for the --max-length check when there is no model directory "
+        "(image tokens per image from its config.json, else --image-tokens)",
+    )
+    p.add_argument("--image-tokens", type=int, default=None, help="tokens one image expands to (with --tokenizer)")
+    p.add_argument(
+        "--allow-absolute-paths",
+        action="store_true",
+        help="accept image paths outside the data file's directory (absolute or ../)",
+    )
+    p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=None,
+        help="largest image canvas after padding, in pixels (default 36000000 or $JAX_ALIGN_MAX_IMAGE_PIXELS)",
+    )
+    p.add_argument(
+        "--max-image-aspect",
+        type=float,
+        default=None,
+        help="largest long/short side ratio of an image (default 20 or $JAX_ALIGN_MAX_IMAGE_ASPECT)",
+    )
     images = p.add_mutually_exclusive_group()
     images.add_argument(
         "--require-images",
@@ -73,22 +97,32 @@ def run(args: argparse.Namespace) -> int:
 
 
 def validate_command(args: argparse.Namespace) -> int:
+    from jax_align.cli.errors import CommandError, located
+    from jax_align.data.images import ImageLimits
     from jax_align.data.readers import open_records
     from jax_align.data.validate import RecordChecker, iter_problems
 
+    if args.max_length is not None and args.max_length < 1:
+        raise CommandError(f"must be a positive number of tokens, got {args.max_length}", field="--max-length")
+    if not os.path.exists(args.path):
+        raise CommandError("no such data file or directory", file=args.path, field="file")
     tokenizer = None
     max_length = args.max_length
     if args.model is not None:
         from jax_align.data.tokenize import ChatTokenizer
         from jax_align.data.vision_tokens import load_model_config, max_position_embeddings
 
-        tokenizer = ChatTokenizer.from_model_dir(args.model)
-        if max_length is None:
-            max_length = max_position_embeddings(load_model_config(args.model))
+        with located(args.model, "--model"):
+            tokenizer = ChatTokenizer.from_model_dir(args.model)
+            if max_length is None:
+                max_length = max_position_embeddings(load_model_config(args.model))
+    elif args.tokenizer is not None and args.max_length is not None:
+        with located(args.tokenizer, "--tokenizer"):
+            tokenizer = _tokenizer_only(args.tokenizer, args.image_tokens)
     elif args.max_length is not None:
         print(
-            "jax-align data validate: --max-length needs --model DIR (tokenizer and image-token count); "
-            "length check skipped",
+            "jax-align data validate: --max-length needs --model DIR or --tokenizer DIR (tokens and image-token "
+            "count); length check skipped",
             file=sys.stderr,
         )
     try:
@@ -99,6 +133,16 @@ def validate_command(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         print(f"{args.path}:0: file: {e}")
         return 1
+    if len(source) == 0:
+        print(f"{args.path}:0: file: empty: no records")
+        if not args.quiet:
+            print(f"{args.path}: 0 records, 1 bad records", file=sys.stderr)
+        return 1
+    defaults = ImageLimits.default()
+    limits = ImageLimits(
+        max_pixels=defaults.max_pixels if args.max_image_pixels is None else args.max_image_pixels,
+        max_aspect_ratio=defaults.max_aspect_ratio if args.max_image_aspect is None else args.max_image_aspect,
+    )
     checker = RecordChecker(
         fmt=args.format,
         require_images=args.require_images,
@@ -107,6 +151,8 @@ def validate_command(args: argparse.Namespace) -> int:
         layout=args.layout,
         min_response_tokens=args.min_response_tokens,
         max_prompt_cut=args.max_prompt_cut,
+        allow_absolute_paths=args.allow_absolute_paths,
+        image_limits=limits,
     )
     bad = 0
     try:
@@ -122,3 +168,27 @@ def validate_command(args: argparse.Namespace) -> int:
         what = "problems" if args.each_problem else "bad records"
         print(f"{args.path}: {len(source)} records, {bad} {what}", file=sys.stderr)
     return 1 if bad else 0
+
+
+def _tokenizer_only(path: str, image_tokens: int | None):
+    """A :class:`ChatTokenizer` from a tokenizer directory alone (no weights, no model config needed)."""
+    from jax_align.cli.errors import CommandError
+    from jax_align.data.tokenize import ChatTokenizer
+
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return ChatTokenizer.from_model_dir(path)
+    if image_tokens is None or image_tokens < 1:
+        raise CommandError("no config.json here: give the tokens per image with --image-tokens N", file=path,
+                           field="--tokenizer")
+    from transformers import AutoTokenizer
+
+    from jax_align.data.tokenize import _read_processor_template
+
+    tok = AutoTokenizer.from_pretrained(path)
+    image_id = tok.convert_tokens_to_ids("<image>")
+    if image_id is None or image_id == tok.unk_token_id:
+        raise CommandError("the tokenizer has no <image> token", file=path, field="--tokenizer")
+    template = getattr(tok, "chat_template", None) or _read_processor_template(path)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    return ChatTokenizer(tok, image_token_id=image_id, image_seq_len=image_tokens, chat_template=template,
+                         pad_id=pad)

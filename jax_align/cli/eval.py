@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.answers:
             if args.save_answers:
-                print("jax-align eval: --save-answers applies only with --model")
+                print("jax-align eval: --save-answers applies only with --model", file=sys.stderr)
                 return 2
             result = evaluate_answers(args.world, args.answers)
         else:
@@ -56,13 +55,13 @@ def run(args: argparse.Namespace) -> int:
                 write_answers(bench, responses, args.save_answers)
             result = score(bench, responses)
     except (ValueError, RuntimeError, OSError) as e:
-        print(f"jax-align eval: {e}")
-        return 1
+        from jax_align.cli.errors import describe
+
+        print(f"jax-align eval: {describe(e) or e}", file=sys.stderr)
+        return 2
     print(format_table(result.metrics, result.counts))
     if args.json_out:
-        parent = os.path.dirname(os.path.abspath(args.json_out))
-        os.makedirs(parent, exist_ok=True)
-        with open(args.json_out, "w", encoding="utf-8") as f:
-            json.dump(result.metrics, f, indent=2, sort_keys=True)
-            f.write("\n")
+        from jax_align.atomic import write_json
+
+        write_json(args.json_out, result.metrics)
     return 0

@@ -34,13 +34,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="parameter dtype (default: as stored; float32 for Hugging Face directories)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--allow-absolute-paths",
+        action="store_true",
+        help="accept image paths outside the input file's directory (absolute or ../)",
+    )
 
 
 class InputError(ValueError):
     """A bad input line; the message names the file and line."""
 
 
-def read_input(path: str) -> tuple[list[dict], list[int]]:
+def read_input(path: str, allow_absolute_paths: bool = False) -> tuple[list[dict], list[int]]:
     """Records of the input file and their 1-based line numbers; checks ``image`` and ``prompt``."""
     if not os.path.isfile(path):
         raise InputError(f"{path}: input file not found")
@@ -61,14 +66,36 @@ def read_input(path: str) -> tuple[list[dict], list[int]]:
                 value = record.get(field)
                 if not isinstance(value, str) or not value.strip():
                     raise InputError(f"{where}: {field}: missing, empty or not a string")
-            image = os.path.join(base, record["image"])
+            from jax_align.data.safe_paths import resolve_image_path
+
+            image, escape = resolve_image_path(record["image"], base, allow_absolute_paths)
+            if escape:
+                raise InputError(f"{where}: image: {escape}")
             if not os.path.isfile(image):
                 raise InputError(f"{where}: image: file not found: {image}")
+            _check_image_header(image, where)
             records.append(record)
             lines.append(lineno)
     if not records:
         raise InputError(f"{path}: no records")
     return records, lines
+
+
+def _check_image_header(image: str, where: str) -> None:
+    """Image-bomb limits from the header alone, before any model is built (the decode is later)."""
+    from PIL import Image
+
+    from jax_align.data.images import ImageLimits, ImageLoadError
+
+    try:
+        with Image.open(image) as im:
+            size = im.size
+    except Exception:
+        return  # undecodable: reported with the record when the image is decoded
+    try:
+        ImageLimits.default().check(*size, image)
+    except ImageLoadError as e:
+        raise InputError(f"{where}: image: {e}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,18 +116,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"jax-align generate: {e}", file=sys.stderr)
         return 2
     try:
-        records, lines = read_input(args.input)
+        records, lines = read_input(args.input, getattr(args, "allow_absolute_paths", False))
     except InputError as e:
         print(f"jax-align generate: {e}", file=sys.stderr)
-        return 1
-    try:
-        import jax.numpy as jnp
+        return 2
+    import jax.numpy as jnp
 
-        dtype = None if args.dtype is None else jnp.dtype(args.dtype)
+    from jax_align.cli.errors import located
+
+    dtype = None if args.dtype is None else jnp.dtype(args.dtype)
+    with located(args.model, "--model"):  # a bad model directory: one line naming it (exit 2)
         gen = Generator.from_model_dir(args.model, dtype=dtype)
-    except (OSError, ValueError) as e:
-        print(f"jax-align generate: {args.model}: {e}", file=sys.stderr)
-        return 1
     from tqdm import tqdm
 
     base = os.path.dirname(os.path.abspath(args.input))
@@ -114,15 +140,13 @@ def run(args: argparse.Namespace) -> int:
             )
         except GenerationInputError as e:
             print(f"jax-align generate: {args.input}:{lines[e.index]}: {e.detail}", file=sys.stderr)
-            return 1
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = args.output + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+            return 2
+    from jax_align.atomic import atomic_file
+
+    with atomic_file(args.output, encoding="utf-8") as f:
         for record, result in zip(records, results, strict=True):
             response = result.completions[0].text if sp.n_samples == 1 else result.texts
             f.write(json.dumps({**record, "response": response}, ensure_ascii=False) + "\n")
-    os.replace(tmp, args.output)
     print(
         f"wrote {len(records)} records to {args.output} ({gen.num_compilations} compiled bucket(s), "
         f"{gen.images_loaded} image(s) preprocessed)",

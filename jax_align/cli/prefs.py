@@ -44,14 +44,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_jsonl(path: str) -> list[dict]:
+    """The records of a JSONL file; bad input raises a one-line :class:`CommandError` (exit 2)."""
+    from jax_align.cli.errors import CommandError
+
+    if not os.path.isfile(path):
+        raise CommandError("no such file", file=path, field="--input")
     records = []
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    records.append(json.loads(line))
+                    record = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise SystemExit(f"{path}:{n}: invalid JSON ({e.msg})") from None
+                    raise CommandError(f"invalid JSON: {e.msg} (column {e.colno})", file=path, record=n,
+                                       field="record") from None
+                if not isinstance(record, dict):
+                    raise CommandError("expected a JSON object", file=path, record=n, field="record")
+                records.append(record)
+    if not records:
+        raise CommandError("empty: no records", file=path, field="--input")
     return records
 
 
@@ -60,15 +71,24 @@ def run(args) -> int:
 
 
 def run_margins(args) -> int:
+    from jax_align.cli.errors import CommandError, located
+
+    try:
+        buckets = tuple(int(b) for b in args.buckets.split(","))
+    except ValueError:
+        raise CommandError(f"expected comma-separated integers, got {args.buckets!r}", field="--buckets") from None
+    read_jsonl(args.input)  # data checks before any model is built
+    if not os.path.isdir(args.reward_model):
+        raise CommandError("no such model directory", file=args.reward_model, field="--reward-model")
     from jax_align.recipes.reward_scoring import attach_margins, score_pairs, score_pairs_with_critiques
 
-    buckets = tuple(int(b) for b in args.buckets.split(","))
-    if args.critiques:
-        rewards = score_pairs_with_critiques(args.reward_model, args.input, args.output + ".critiques.jsonl",
-                                             batch_size=args.batch_size, buckets=buckets,
-                                             max_new_tokens=args.max_critique_tokens)
-    else:
-        rewards = score_pairs(args.reward_model, args.input, batch_size=args.batch_size, buckets=buckets)
+    with located(args.reward_model, "--reward-model"):
+        if args.critiques:
+            rewards = score_pairs_with_critiques(args.reward_model, args.input, args.output + ".critiques.jsonl",
+                                                 batch_size=args.batch_size, buckets=buckets,
+                                                 max_new_tokens=args.max_critique_tokens)
+        else:
+            rewards = score_pairs(args.reward_model, args.input, batch_size=args.batch_size, buckets=buckets)
     print(json.dumps(attach_margins(args.input, rewards, args.output)))
     return 0
 
@@ -86,7 +106,11 @@ def run_bdhs_cli(args) -> int:
                      extend_prob=args.extend_prob, max_new_tokens=args.max_new_tokens, seed=args.seed,
                      batch_size=args.batch_size)
     base = os.path.dirname(os.path.abspath(args.input))
-    pairs, stats = run_bdhs(Generator.from_model_dir(args.model), records, base_dir=base,
+    from jax_align.cli.errors import located
+
+    with located(args.model, "--model"):
+        generator = Generator.from_model_dir(args.model)
+    pairs, stats = run_bdhs(generator, records, base_dir=base,
                             embedder=SentenceEmbedder.from_path(args.embedder), cfg=cfg, progress=print)
     write_pairs(pairs, base, args.output)
     print(json.dumps({k: v for k, v in stats.items() if k != "config"}))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -150,15 +149,9 @@ class ReferenceLogpCache:
 
     @staticmethod
     def _atomic_save(path: str, writer: Callable[[str], None]) -> None:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=os.path.splitext(path)[1])
-        os.close(fd)
-        try:
-            writer(tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        from jax_align.atomic import atomic_save
+
+        atomic_save(path, writer)
 
     # ------------------------------------------------------------------------------------------- compute
     def compute(

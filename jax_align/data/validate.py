@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from jax_align.data.images import ImageLoadError, load_image
+from jax_align.data.images import ImageLimits, ImageLoadError, load_image
 from jax_align.data.problems import Problem, merge_record_problems
 from jax_align.data.readers import RawRecord, RecordSource
 from jax_align.data.records import (
@@ -62,6 +62,8 @@ class RecordChecker:
     max_images: int | None = None
     max_responses: int | None = None
     critique_prompt: bool = False  # rewrite preference groups into MM-RLHF critic conversations (spec 4.2)
+    allow_absolute_paths: bool = False  # image paths must resolve inside the data directory unless True
+    image_limits: ImageLimits | None = None  # decode limits (default: ImageLimits.default())
     image_cache_size: int = 256
     _image_status: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
@@ -75,7 +77,8 @@ class RecordChecker:
             add("record", raw.error)
             return result
         example, problems = parse_record(
-            raw.data, self.fmt, base_dir=base_dir, require_images=self.require_images
+            raw.data, self.fmt, base_dir=base_dir, require_images=self.require_images,
+            allow_absolute_paths=self.allow_absolute_paths,
         )
         for field_name, message in problems:
             add(field_name, message)
@@ -83,7 +86,7 @@ class RecordChecker:
             # validation also reports unreadable images of a record with other faults (one problem each);
             # training (keep_images) only needs the first problem and must not share the memo across threads
             if not keep_images and isinstance(raw.data, Mapping):
-                refs, _ = parse_images(raw.data, base_dir, FieldProblems())
+                refs, _ = parse_images(raw.data, base_dir, FieldProblems(), self.allow_absolute_paths)
                 for ref in refs:
                     try:
                         self._check_image(ref)
@@ -114,7 +117,7 @@ class RecordChecker:
         for ref in example.images:
             try:
                 if keep_images:
-                    result.images.append(load_image(ref))
+                    result.images.append(load_image(ref, self.image_limits))
                 else:
                     self._check_image(ref)
             except ImageLoadError as e:
@@ -147,12 +150,12 @@ class RecordChecker:
     def _check_image(self, ref) -> None:
         """Decode once per distinct file within a run (datasets often reuse an image)."""
         if ref.path is None:
-            load_image(ref)
+            load_image(ref, self.image_limits)
             return
         status = self._image_status.get(ref.path)
         if status is None:
             try:
-                load_image(ref)
+                load_image(ref, self.image_limits)
                 status = ""
             except ImageLoadError as e:
                 status = str(e)
@@ -169,11 +172,34 @@ def iter_problems(
     """Problems of every record in ``source``, in file order. ``per_record``: one line per bad record (its
     problems joined); otherwise one per problem.
     """
+    first_seen: dict = {}
     for raw in source:
         result = checker.check(raw, source.path, source.base_dir)
-        if not result.problems:
+        problems = list(result.problems)
+        duplicate = _duplicate_id(raw, first_seen, source.path)
+        if duplicate is not None:
+            problems.append(duplicate)
+        if not problems:
             continue
         if per_record:
-            yield merge_record_problems(result.problems)
+            yield merge_record_problems(problems)
         else:
-            yield from result.problems
+            yield from problems
+
+
+ID_FIELDS = ("id", "question_id")
+
+
+def _duplicate_id(raw: RawRecord, first_seen: dict, path: str) -> Problem | None:
+    """A record whose ``id`` (or ``question_id``) an earlier record already had (ids must be unique)."""
+    if not isinstance(raw.data, Mapping):
+        return None
+    for name in ID_FIELDS:
+        value = raw.data.get(name)
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            key = (name, value)
+            if key in first_seen:
+                return Problem(path, raw.number, name, f"duplicate id {value!r} (first at record {first_seen[key]})")
+            first_seen[key] = raw.number
+            return None
+    return None

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jax_align.atomic import atomic_file
 from jax_align.data.image_paths import rebase_images
 from jax_align.data.pipeline import DataConfig, DataPipeline
 from jax_align.model_store import load_model
@@ -82,12 +83,11 @@ def generate_critiques(model_dir: str, pairs_path: str, out_path: str, *, max_ne
     generator = Generator.from_model_dir(model_dir)
     outs = generator.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens), batch_size=batch_size)
     base_out = os.path.dirname(os.path.abspath(out_path))
-    with open(out_path + ".tmp", "w") as dst:
+    with atomic_file(out_path) as dst:
         for i, rec in enumerate(rows):
             rec = rebase_images(rec, source.base_dir, base_out)
             rec["chosen_reason"], rec["rejected_reason"] = outs[2 * i].texts[0], outs[2 * i + 1].texts[0]
             dst.write(json.dumps(rec) + "\n")
-    os.replace(out_path + ".tmp", out_path)
     return len(rows)
 
 
@@ -104,7 +104,7 @@ def attach_margins(pairs_path: str, rewards: np.ndarray, out_path: str) -> dict:
     margins = rewards[:, 0] - rewards[:, 1]
     src_dir = os.path.dirname(os.path.abspath(pairs_path))
     dst_dir = os.path.dirname(os.path.abspath(out_path))
-    with open(pairs_path) as src, open(out_path + ".tmp", "w") as dst:
+    with open(pairs_path) as src, atomic_file(out_path) as dst:
         lines = [line for line in src if line.strip()]
         if len(lines) != len(margins):
             raise ValueError(f"{pairs_path}: {len(lines)} records but {len(margins)} scored pairs")
@@ -112,6 +112,5 @@ def attach_margins(pairs_path: str, rewards: np.ndarray, out_path: str) -> dict:
             rec = rebase_images(json.loads(line), src_dir, dst_dir)
             rec["margin"] = float(m)
             dst.write(json.dumps(rec) + "\n")
-    os.replace(out_path + ".tmp", out_path)
     return {"pairs": int(len(margins)), "mean_margin": float(np.nanmean(margins)),
             "agree": float(np.nanmean(margins > 0))}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 
+from jax_align.atomic import atomic_file
 from jax_align.world.datasets import read_jsonl
 from jax_align.world.scenes import WorldObject
 from jax_align.world.text import object_sentence
@@ -49,7 +50,7 @@ def critique_pairs(world_dir: str, out_path: str) -> int:
     scenes = {s["image"]: s for s in read_jsonl(os.path.join(world_dir, "scenes.jsonl"))}
     base_out = os.path.dirname(os.path.abspath(out_path))
     n = 0
-    with open(out_path + ".tmp", "w") as dst:
+    with atomic_file(out_path) as dst:
         for rec in read_jsonl(os.path.join(world_dir, "reward.jsonl")):
             responses, scores = rec["responses"], rec["scores"]
             if len(responses) < 2 or scores[0] == scores[-1]:
@@ -66,5 +67,4 @@ def critique_pairs(world_dir: str, out_path: str) -> int:
             dst.write(json.dumps({"image": image, "prompt": rec["prompt"], "chosen": chosen, "rejected": rejected,
                                   "chosen_reason": reasons[0], "rejected_reason": reasons[1]}) + "\n")
             n += 1
-    os.replace(out_path + ".tmp", out_path)
     return n

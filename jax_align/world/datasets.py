@@ -40,8 +40,10 @@ _IMAGE_NAME = re.compile(r"^\d{6}\.png$")
 
 def write_jsonl(path: str, records: Iterable[dict[str, Any]]) -> int:
     """Write one compact JSON object per line (UTF-8, ``\\n`` endings); returns the number of lines."""
+    from jax_align.atomic import atomic_file
+
     n = 0
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
+    with atomic_file(path, encoding="utf-8", newline="\n") as f:  # never a truncated file, even if killed
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False))
             f.write("\n")
@@ -130,9 +132,9 @@ def write_world(
 
         build_tokenizer(os.path.join(out, "tokenizer"), config)
         summary["vocab_size"] = len(vocabulary(config))
-    with open(os.path.join(out, "world.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2, sort_keys=True)
-        f.write("\n")
+    from jax_align.atomic import write_json
+
+    write_json(os.path.join(out, "world.json"), summary)  # last and atomically: it marks a complete world
     return summary
 
 
