@@ -53,7 +53,9 @@ def save_model(out_dir: str, config: LlavaConfig, params, source_dir: str | None
     import orbax.checkpoint as ocp
 
     from jax_align.atomic import atomic_dir
+    from jax_align.orbax_logs import quiet_orbax_errors
 
+    quiet_orbax_errors()  # a failed save is raised here once, not also logged with tracebacks by Orbax's threads
     out_dir = os.path.abspath(out_dir)
     check_replaceable(out_dir)
     primary = jax.process_index() == 0  # every process joins the Orbax save; one writes the small files
@@ -71,6 +73,10 @@ def save_model(out_dir: str, config: LlavaConfig, params, source_dir: str | None
         multihost_utils.sync_global_devices("jax_align.save_model.tmp")
         # a model file holds full arrays: gather them (every process joins the save)
         tree = jax.tree.map(lambda x: multihost_utils.process_allgather(x, tiled=True), tree)
+    if primary:  # a full disk is found before writing, not halfway through (the old model stays either way)
+        from jax_align.disk import ensure_room, tree_nbytes
+
+        ensure_room(out_dir, tree_nbytes(tree), "the model")
     with atomic_dir(out_dir, tmp=tmp, commit=primary) as work:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(os.path.join(work, "params"), tree)

@@ -298,6 +298,30 @@ def test_real_full_disk_during_async_save(tmp_path):
         subprocess.run(["umount", "-l", mnt], capture_output=True, timeout=10)
 
 
+def test_conversion_onto_a_full_tmpfs_keeps_the_old_output(hf_model, tmp_path, capsys):
+    probe = str(tmp_path / "probe")
+    assert main(["convert", "from-hf", hf_model, probe]) == 0
+    size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(probe) for f in fs)
+    mnt = str(tmp_path / "tmpfs")
+    if not _tmpfs(mnt, f"{int(size * 1.6) // 1024}k"):  # room for one model, not for two
+        pytest.skip("cannot mount a tmpfs here (not root); the injected ENOSPC test covers the logic")
+    try:
+        out = os.path.join(mnt, "model")
+        assert main(["convert", "from-hf", hf_model, out]) == 0
+        before = _params(out)
+        capsys.readouterr()
+        assert main(["convert", "from-hf", hf_model, out]) == 2
+        line = _one_line(capsys.readouterr().err)
+        assert line.startswith(f"jax-align convert: {out}: output: disk full") and "MiB free" in line
+        assert os.listdir(mnt) == ["model"]
+        for a, b in zip(_params(out), before, strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert main(["convert", "to-hf", out, os.path.join(mnt, "hf")]) == 2
+        assert "disk full" in _one_line(capsys.readouterr().err) and os.listdir(mnt) == ["model"]
+    finally:
+        subprocess.run(["umount", "-l", mnt], capture_output=True, timeout=10)
+
+
 def test_restore_a_given_step_sets_newer_ones_aside(tmp_path):
     from jax_align.train.checkpointing import CheckpointError
 

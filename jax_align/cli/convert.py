@@ -98,6 +98,10 @@ def run(args) -> int:
             with located(args.src, "source"):
                 config, _, params = load_model(args.src)
             dtype = jnp.dtype(DTYPES[args.dtype]) if args.dtype else None
+            from jax_align.disk import ensure_room, tree_nbytes
+
+            with located(args.out, "output"):
+                ensure_room(args.out, tree_nbytes(params, None if dtype is None else dtype.itemsize), "the export")
             with located(args.out, "output"), atomic_dir(args.out) as work:
                 to_hf(config, params, work, dtype=dtype, max_shard_size=max_shard, source_dir=args.src)
             print(f"wrote Hugging Face model {args.out}")

@@ -104,6 +104,15 @@ def describe(exc: BaseException) -> str | None:
         line = None if mark is None else mark.line + 1
         problem = getattr(exc, "problem", None) or str(exc)
         return f"{_join(file, line, field or 'yaml')}: invalid YAML: {_first_line(problem)}"
+    from jax_align.disk import free_space, is_enospc
+
+    if is_enospc(exc):
+        target = getattr(exc, "filename", None) if isinstance(exc, OSError) else None
+        target = target or path
+        loc = _join(target, None, field or "file") if target else "disk"
+        detail = exc.strerror if isinstance(exc, OSError) and "free" in str(exc.strerror) else None
+        detail = detail or ("No space left on device" + (f", {free_space(target)}" if target else ""))
+        return f"{loc}: disk full ({detail}); nothing complete was replaced"
     if name == "SafetensorError":
         return f"{_join(path, None, field)}: safetensors: {_first_line(str(exc))}"
     if not isinstance(exc, _expected_types()):

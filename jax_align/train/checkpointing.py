@@ -16,9 +16,7 @@ Faults, each reported in one line and never by deleting a checkpoint:
 
 from __future__ import annotations
 
-import errno
 import json
-import logging
 import os
 import shutil
 import sys
@@ -26,6 +24,9 @@ from collections.abc import Callable
 
 import jax
 import orbax.checkpoint as ocp
+
+from jax_align.disk import ensure_room, free_space, is_enospc, tree_nbytes
+from jax_align.orbax_logs import quiet_orbax_errors
 
 # Config fields that make resuming meaningless when they change (dotted keys of Config.to_dict()).
 FINGERPRINT_KEYS = (
@@ -112,50 +113,6 @@ def _cause(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _is_enospc(exc: BaseException) -> bool:
-    seen = set()
-    stack = [exc]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            return True
-        if "No space left on device" in str(e) or "ENOSPC" in str(e):
-            return True
-        stack.extend([e.__cause__, e.__context__, *getattr(e, "exceptions", ())])
-    return False
-
-
-def free_space(path: str) -> str:
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    try:
-        return f"{shutil.disk_usage(probe).free / 2**20:.1f} MiB free"
-    except OSError as e:
-        return f"free space unknown ({e.strerror})"
-
-
-class _OrbaxErrorFilter(logging.Filter):
-    """Orbax logs a traceback for every failed background save thread before the error reaches the caller;
-    :class:`TrainCheckpointer` re-raises that error as one line, so those log records are dropped."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
-
-
-_FILTER = _OrbaxErrorFilter()
-
-
-def _quiet_orbax_errors() -> None:
-    for name in ("absl", "orbax"):
-        logger = logging.getLogger(name)
-        if _FILTER not in logger.filters:
-            logger.addFilter(_FILTER)
-
-
 def _say(message: str) -> None:
     if jax.process_index() == 0:
         print(message, file=sys.stderr, flush=True)
@@ -166,7 +123,7 @@ class TrainCheckpointer:
                  report: Callable[[str], None] = _say):
         self.directory = os.path.abspath(directory)
         self.report = report
-        _quiet_orbax_errors()
+        quiet_orbax_errors()
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=use_async)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -190,6 +147,8 @@ class TrainCheckpointer:
                 "config": ocp.args.JsonSave(config),
                 "fingerprint": ocp.args.JsonSave(fingerprint_ if fingerprint_ is not None else fingerprint(config))}
         with self._disk_guard(step):
+            self.wait()  # a failed earlier asynchronous save surfaces here, named by its own step
+            ensure_room(self.step_dir(step), tree_nbytes(state), f"checkpoint step {step}")
             self.manager.save(step, args=ocp.args.Composite(**args), force=True)
         self._pending_step = step
 
@@ -206,7 +165,7 @@ class TrainCheckpointer:
                 partial = ckpt._partial_steps()  # an asynchronous save fails at the next save or wait
                 failed = partial[0] if partial else (step if step is not None else ckpt._pending_step)
                 where = ckpt.step_dir(failed) if failed is not None else ckpt.directory
-                if _is_enospc(exc):
+                if is_enospc(exc):
                     ckpt._remove_partial()
                     kept = ckpt._complete_steps_on_disk()
                     raise CheckpointError(
