@@ -487,3 +487,21 @@ def test_resume_modes_and_config_change(tmp_path):
         resume_state(ckpt, abstract, "latest", same)
     empty, _ = _checkpointer(str(tmp_path / "none"))
     assert resume_state(empty, abstract, "auto", same) == (0, None, None)
+
+
+def test_train_with_all_bad_data_and_skip_stops_in_one_line(tmp_path):
+    """Every image moved away: ``data.on_error=skip`` stops with a line naming the file, record and field."""
+    from jax_align.world.datasets import write_world
+
+    world = str(tmp_path / "world")
+    write_world(world, seed=0, n=4)
+    data = str(tmp_path / "world" / "moved.jsonl")
+    write_jsonl(data, [{"image": f"gone/{i}.png", "prompt": "What is this?", "chosen": "a cat", "rejected": "a dog"}
+                       for i in range(8)])
+    cfg = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny_dpo.yaml")
+    proc = subprocess.run([EXE, "train", cfg, f"run.dir={tmp_path / 'run'}", f"data.train={data}",
+                           f"model.tokenizer={world}/tokenizer", "data.on_error=skip", "train.steps=2",
+                           "train.progress=false"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = _one_line(proc.stderr)
+    assert line.startswith(f"jax-align train: {data}:1: image: missing image") and "on_error=skip stopped" in line
