@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
@@ -50,9 +51,20 @@ def _check_source(src: str, direction: str) -> None:
         raise CommandError("no such directory", file=src, field="source")
     if not os.path.isdir(src):
         raise CommandError("not a directory", file=src, field="source")
-    if not os.path.isfile(os.path.join(src, "config.json")) and not is_jax_align_model(src):
+    config_path = os.path.join(src, "config.json")
+    if not os.path.isfile(config_path):
         raise CommandError("config.json missing (not a Hugging Face or jax-align model directory)", file=src,
                            field="source")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise CommandError(f"invalid JSON: {e.msg} (column {e.colno})", file=config_path, record=e.lineno,
+                           field="config") from None
+    except UnicodeDecodeError as e:
+        raise CommandError(f"not UTF-8 text: {e.reason}", file=config_path, field="config") from None
+    if not isinstance(config, dict):
+        raise CommandError(f"expected a JSON object, got {type(config).__name__}", file=config_path, field="config")
     if direction == "to-hf" and is_jax_align_model(src) and not os.path.isdir(os.path.join(src, "params")):
         raise CommandError("params/ missing (an incomplete jax-align model directory)", file=src, field="source")
 

@@ -106,6 +106,8 @@ def validate_command(args: argparse.Namespace) -> int:
         raise CommandError(f"must be a positive number of tokens, got {args.max_length}", field="--max-length")
     if not os.path.exists(args.path):
         raise CommandError("no such data file or directory", file=args.path, field="file")
+    if not (os.path.isfile(args.path) or os.path.isdir(args.path)):  # a FIFO or device would block or never end
+        raise CommandError("not a regular file or a datasets directory", file=args.path, field="file")
     tokenizer = None
     max_length = args.max_length
     if args.model is not None:

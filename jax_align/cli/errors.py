@@ -57,14 +57,10 @@ def located(path: str | None, field: str | None = None):
 
 
 def _first_line(text: str) -> str:
-    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
-    if not lines:
-        return ""
-    line = lines[0]
-    if len(lines) > 1:
-        line += f" (+{len(lines) - 1} more lines; --debug shows all)"
+    """The message on one line: its lines joined, capped at a readable length."""
+    line = " ".join(ln.strip() for ln in str(text).strip().splitlines() if ln.strip())
     if len(line) > _MAX_MESSAGE:
-        line = line[: _MAX_MESSAGE - 3] + "..."
+        line = line[: _MAX_MESSAGE - 30] + "... (--debug shows all)"
     return line
 
 
@@ -115,7 +111,12 @@ def describe(exc: BaseException) -> str | None:
         return f"{loc}: disk full ({detail}); nothing complete was replaced"
     if name == "SafetensorError":
         return f"{_join(path, None, field)}: safetensors: {_first_line(str(exc))}"
+    if isinstance(exc, RecursionError) and "JSON" in str(exc):
+        return f"{_join(path, None, field or 'json')}: invalid JSON: nested too deeply"
     if not isinstance(exc, _expected_types()):
+        if where and isinstance(exc, (KeyError, TypeError, AttributeError, IndexError)):
+            # raised while reading a named input (inside ``located``): a malformed file, not a bug of ours
+            return f"{_join(path, None, field)}: malformed input ({name}: {_first_line(str(exc))})"
         return None
     if isinstance(exc, OSError) and getattr(exc, "filename", None):
         reason = exc.strerror or _first_line(str(exc))

@@ -60,6 +60,8 @@ def read_input(path: str, allow_absolute_paths: bool = False) -> tuple[list[dict
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise InputError(f"{where}: invalid JSON: {e.msg} (column {e.colno})") from None
+            except RecursionError:
+                raise InputError(f"{where}: invalid JSON: nested too deeply") from None
             if not isinstance(record, dict):
                 raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
             for field in ("image", "prompt"):
@@ -116,7 +118,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"jax-align generate: {e}", file=sys.stderr)
         return 2
     try:
-        records, lines = read_input(args.input, getattr(args, "allow_absolute_paths", False))
+        from jax_align.cli.errors import located
+
+        with located(args.input, "--input"):  # e.g. bytes that are not UTF-8
+            records, lines = read_input(args.input, getattr(args, "allow_absolute_paths", False))
     except InputError as e:
         print(f"jax-align generate: {e}", file=sys.stderr)
         return 2

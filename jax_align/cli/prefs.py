@@ -45,18 +45,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_jsonl(path: str) -> list[dict]:
     """The records of a JSONL file; bad input raises a one-line :class:`CommandError` (exit 2)."""
-    from jax_align.cli.errors import CommandError
+    from jax_align.cli.errors import CommandError, located
 
     if not os.path.isfile(path):
         raise CommandError("no such file", file=path, field="--input")
     records = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="strict") as f, located(path, "--input"):
         for n, line in enumerate(f, 1):
             if line.strip():
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise CommandError(f"invalid JSON: {e.msg} (column {e.colno})", file=path, record=n,
+                                       field="record") from None
+                except RecursionError:
+                    raise CommandError("invalid JSON: nested too deeply", file=path, record=n,
                                        field="record") from None
                 if not isinstance(record, dict):
                     raise CommandError("expected a JSON object", file=path, record=n, field="record")

@@ -74,6 +74,8 @@ class JsonlSource(RecordSource):
             return RawRecord(index, number, json.loads(line))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             return RawRecord(index, number, error=f"invalid JSON: {e}")
+        except RecursionError:
+            return RawRecord(index, number, error="invalid JSON: nested too deeply")
 
 
 class JsonArraySource(RecordSource):
@@ -165,6 +167,8 @@ def open_records(path: str, *, image_root: str | None = None, split: str | None 
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such data file or directory")
+    if not (os.path.isfile(path) or os.path.isdir(path)):  # a FIFO or a device would block or never end
+        raise ValueError(f"{path}: not a regular file or a datasets directory")
     base_dir = image_root or os.path.dirname(os.path.abspath(path.rstrip("/")))
     kind = detect_kind(path)
     if kind == "jsonl":
