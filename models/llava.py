@@ -13,7 +13,7 @@ from flax import nnx
 
 from .anyres import AnyResImages
 from .config import LlavaConfig
-from .decoder import Decoder
+from .decoder import Decoder, resolve_scan
 from .layers import Dense, activation, param
 from .vision import VisionTower
 
@@ -35,8 +35,9 @@ class LlavaModel(nnx.Module):
     def __init__(self, cfg: LlavaConfig, *, rngs: nnx.Rngs | None = None, param_dtype=jnp.float32, dtype=None,
                  remat: str = "none", attention: str = "auto", scan_layers=None):
         # attention: auto | reference | blockwise | cudnn | splash (models/attention.py); scan_layers: None
-        # (auto: scan decoders of >= 8 layers) | True | False (models/decoder.py)
-        self.vision_tower = VisionTower(cfg.vision, rngs, param_dtype)
+        # (auto: scan towers of >= 8 layers, decoder and vision tower each) | True | False (models/decoder.py)
+        self.vision_tower = VisionTower(cfg.vision, rngs, param_dtype,
+                                        scan_layers=resolve_scan(scan_layers, cfg.vision.num_layers))
         self.multi_modal_projector = Projector(cfg, rngs, param_dtype, dtype)
         self.language_model = Decoder(cfg.text, rngs, param_dtype, dtype, remat=remat, attention=attention,
                                       scan_layers=scan_layers)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from .attention import dot_product_attention
 from .config import VisionConfig
+from .layer_stack import stack_modules
 from .layers import Dense, LayerNorm, activation, param
 
 
@@ -94,12 +96,15 @@ class AttentionPoolingHead(nnx.Module):
 
 
 class VisionTower(nnx.Module):
-    def __init__(self, cfg: VisionConfig, rngs=None, param_dtype=jnp.float32):
+    def __init__(self, cfg: VisionConfig, rngs=None, param_dtype=jnp.float32, scan_layers: bool = False):
         self.embeddings = VisionEmbeddings(cfg, rngs, param_dtype)
         if cfg.kind == "clip":
             self.pre_layrnorm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, axes=("vision_embed",),
                                           param_dtype=param_dtype)
-        self.encoder = nnx.Dict(layers=nnx.List([VisionLayer(cfg, rngs, param_dtype) for _ in range(cfg.num_layers)]))
+        layers = [VisionLayer(cfg, rngs, param_dtype) for _ in range(cfg.num_layers)]
+        # scan_layers: the layers' variables stacked on a leading "layers" axis, run under lax.scan
+        self.scan_layers = bool(scan_layers)
+        self.encoder = nnx.Dict(layers=stack_modules(layers) if self.scan_layers else nnx.List(layers))
         self.post_layernorm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, axes=("vision_embed",),
                                         param_dtype=param_dtype)
         if cfg.use_head:
@@ -117,6 +122,14 @@ class VisionTower(nnx.Module):
         if self.cfg.kind == "clip":
             x = self.pre_layrnorm(x)
         states = {0: x}
+        if self.scan_layers:  # one scan per stretch between requested layers
+            graphdef, stacked = nnx.split(self.encoder["layers"])
+            done = 0
+            for stop in sorted({i for i in wanted if i > 0}):
+                run = jax.tree.map(lambda a, lo=done, hi=stop: a[lo:hi], stacked)
+                x, _ = jax.lax.scan(lambda h, s: (nnx.merge(graphdef, s)(h), None), x, run)
+                states[stop], done = x, stop
+            return [states[i] for i in wanted]
         for i in range(max(wanted)):
             x = self.encoder["layers"][i](x)
             states[i + 1] = x

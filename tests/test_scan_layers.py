@@ -144,3 +144,19 @@ def test_lora_on_scanned_layers():
     graphdef, lora, rest = split_lora(scanned)
     plain = nnx.graphdef(LlavaModel(cfg, rngs=nnx.Rngs(0), scan_layers=True))  # merged: no adapters left
     assert float(jnp.abs(forward(plain, merged_state(graphdef, lora, rest)) - out[1]).max()) < TOL
+
+
+@pytest.mark.parametrize("family", ["mistral_clip_full"])
+def test_scanned_blockwise_model_matches_transformers(family, tmp_path):
+    """Decoder and vision tower both scanned (sliding window, two vision feature layers), blockwise attention:
+    logits equal transformers' (fp32, 1e-4)."""
+    from hf_fixtures import build_family, random_inputs, torch_logits
+
+    from jax_align.models import from_hf
+
+    path, model = build_family(str(tmp_path), family)
+    cfg, params, forward = from_hf(path, scan_layers=True, attention="blockwise")
+    assert set(stacked_prefixes(params)) == {("language_model", "layers"), ("vision_tower", "encoder", "layers")}
+    ids, px, mask = random_inputs(cfg)
+    ref = torch_logits(model, ids, px, mask)
+    assert np.abs(np.asarray(forward(params, ids, px, mask)) - ref).max() < 1e-4
