@@ -119,6 +119,7 @@ class Generator:
         self.config = config
         self.tokenizer = tokenizer  # jax_align.data.tokenize.ChatTokenizer
         self.image_config = image_config  # jax_align.data.images.ImageProcessorConfig
+        self.frontend = getattr(tokenizer, "frontend", None)  # AnyRes families: tiles, plans, token counts
         self.sampler = Sampler(graphdef, params)
         self.length_multiple = int(length_multiple)
         self.image_cache_size = int(image_cache_size)
@@ -213,7 +214,7 @@ class Generator:
         messages = self._messages(record, len(resolved))
         tok = self.tokenizer
         prompt_text = tok.render(messages, True)
-        ids, _ = tok.encode(prompt_text)
+        ids, _ = tok.encode(prompt_text, self._image_counts(resolved))
         prefix_ids = np.zeros((0,), np.int32)
         if prefix:
             full = tok.render([*messages, Message("assistant", prefix)], False)
@@ -231,6 +232,30 @@ class Generator:
             None,
         )
 
+    def _image_counts(self, images) -> list[int] | None:
+        """Image tokens of each image (AnyRes: from its size, asked of the front end); None when fixed."""
+        if self.frontend is None:
+            return None
+        from jax_align.data.images import image_size
+        from jax_align.data.records import ImageRef
+
+        counts = []
+        for im in images:
+            if isinstance(im, np.ndarray):
+                raise ValueError("image: AnyRes models take image files, not preprocessed arrays")
+            counts.append(self.frontend.num_tokens(*image_size(ImageRef("image", path=im))))
+        return counts
+
+    def num_image_tokens(self, record: dict, base_dir: str | None = None) -> int:
+        """Image tokens of a prompt record's images (BDHS / multi-level keep-masks cover exactly these)."""
+        images = record.get("image")
+        images = [] if images is None else [images] if isinstance(images, (str, np.ndarray)) else list(images)
+        if self.frontend is None:
+            return len(images) * self.tokenizer.image_seq_len
+        paths = [im if not isinstance(im, str) or os.path.isabs(im) or base_dir is None else
+                 os.path.join(base_dir, im) for im in images]
+        return sum(self._image_counts(paths))
+
     def _pixels(self, image) -> np.ndarray:
         if isinstance(image, np.ndarray):
             return image
@@ -241,7 +266,12 @@ class Generator:
         from jax_align.data.images import load_and_preprocess
         from jax_align.data.records import ImageRef
 
-        pixels = load_and_preprocess(ImageRef("image", path=image), self.image_config)
+        if self.frontend is not None:  # AnyRes: a ProcessedImage (tiles, size, plan)
+            from jax_align.data.images import load_image
+
+            pixels = self.frontend.preprocess(load_image(ImageRef("image", path=image)))
+        else:
+            pixels = load_and_preprocess(ImageRef("image", path=image), self.image_config)
         self.images_loaded += 1
         self._images[image] = pixels
         while len(self._images) > self.image_cache_size:
@@ -360,16 +390,24 @@ class Generator:
                 per_row = {}
                 for i in chunk:
                     try:
-                        per_row[i] = np.stack([self._pixels(im) for im in prepared[i].images])
+                        per_row[i] = [self._pixels(im) for im in prepared[i].images]
                     except (ValueError, OSError) as e:  # ImageLoadError is a ValueError
                         raise GenerationInputError(i, f"image: {e}") from None
-                stacked = np.stack([per_row[i] for i in members])  # [rows, n_img, C, H, W]
-                pixels = stacked[:, 0] if n_img == 1 else stacked
+                if self.frontend is not None:  # tiles padded to the front end's maximum: one compile per bucket
+                    from jax_align.models.anyres import batch_images
+                    from jax_align.models.frontends import stack_row_images
+
+                    pixels = batch_images(stack_row_images(
+                        [per_row[i] for i in members], max_images=n_img, max_tiles=self.frontend.max_tiles,
+                        max_tokens=length, taps=self.frontend.taps))
+                else:
+                    stacked = np.stack([np.stack(per_row[i]) for i in members])  # [rows, n_img, C, H, W]
+                    pixels = stacked[:, 0] if n_img == 1 else stacked
             keys = jax.vmap(lambda j: jax.random.fold_in(base_key, j))(jnp.asarray(members, jnp.int32))
             toks, logps, lengths = self.sampler(
                 jnp.asarray(ids),
                 jnp.asarray(mask),
-                None if pixels is None else jnp.asarray(pixels),
+                None if pixels is None else jax.tree.map(jnp.asarray, pixels),
                 keys,
                 sp,
                 None if keep is None else jnp.asarray(keep),

@@ -183,3 +183,14 @@ class AnyResImages(NamedTuple):
     @property
     def row_wise(self) -> bool:
         return len(self.index.shape) == 3
+
+
+BATCH_KEYS = ("image_index", "image_weight", "image_newline")
+
+
+def batch_images(batch: dict):
+    """The image input of a batch dict: ``AnyResImages`` when the batch carries AnyRes plans (keys
+    ``image_index`` / ``image_weight`` / ``image_newline`` beside ``pixel_values``), else ``pixel_values``."""
+    if "image_index" not in batch:
+        return batch["pixel_values"]
+    return AnyResImages(batch["pixel_values"], batch["image_index"], batch["image_weight"], batch["image_newline"])

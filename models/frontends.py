@@ -65,12 +65,54 @@ def has_image_processor(model_dir: str) -> bool:
 
 @dataclass(frozen=True)
 class ProcessedImage:
-    """One image, ready for the model: ``tiles [T, C, H, W]`` float32, its original ``(height, width)`` and the
-    number of image tokens the prompt must hold for it."""
+    """One image, ready for the model: ``tiles [T, C, H, W]`` float32, its original ``(height, width)``, the
+    number of image tokens the prompt must hold for it and (AnyRes) its gather plan ``(index [M, K], weight
+    [M, K], newline [M])`` over its own tiles' features (``tile_tokens`` features per tile)."""
 
     tiles: np.ndarray
     size: tuple[int, int]
     num_tokens: int
+    plan: tuple | None = None
+    tile_tokens: int = 0
+
+
+def stack_row_images(rows, *, max_images: int, max_tiles: int, max_tokens: int, tile_shape=None,
+                     taps: int | None = None) -> dict:
+    """Row-wise AnyRes batch arrays from ``rows[b]`` = the :class:`ProcessedImage` of row b in token order.
+
+    Returns ``pixel_values [B, max_images, max_tiles, C, H, W]`` (padding tiles zero) and the row plans
+    ``image_index [B, max_tokens, K]`` (into the row's ``max_images * max_tiles * tile_tokens`` features),
+    ``image_weight [B, max_tokens, K]``, ``image_newline [B, max_tokens]`` (padding tokens weigh 0): the
+    arrays of :class:`~.anyres.AnyResImages` (:func:`~.anyres.batch_images` rebuilds it from a batch dict).
+    """
+    first = next((im for r in rows for im in r), None)
+    k = taps or (first.plan[0].shape[1] if first is not None else 1)
+    shape = tuple(first.tiles.shape[1:]) if first is not None else tuple(tile_shape)
+    b = len(rows)
+    out = {
+        "pixel_values": np.zeros((b, max_images, max_tiles, *shape), np.float32),
+        "image_index": np.zeros((b, max_tokens, k), np.int32),
+        "image_weight": np.zeros((b, max_tokens, k), np.float32),
+        "image_newline": np.zeros((b, max_tokens), np.float32),
+    }
+    for r, images in enumerate(rows):
+        if len(images) > max_images:
+            raise ValueError(f"row has {len(images)} images; the batch holds {max_images} per row")
+        m = 0
+        for i, im in enumerate(images):
+            t = im.tiles.shape[0]
+            if t > max_tiles:
+                raise ValueError(f"an image of {t} tiles does not fit a batch of {max_tiles} tiles per image")
+            index, weight, newline = im.plan
+            n = index.shape[0]
+            if m + n > max_tokens:
+                raise ValueError(f"row needs more than {max_tokens} image tokens")
+            out["pixel_values"][r, i, :t] = im.tiles
+            out["image_index"][r, m:m + n] = index + i * max_tiles * im.tile_tokens
+            out["image_weight"][r, m:m + n] = weight
+            out["image_newline"][r, m:m + n] = newline
+            m += n
+    return out
 
 
 class FixedFrontend:
@@ -239,7 +281,8 @@ class AnyResFrontend:
         tiles = [self._resize(x, *self.base_hw)]
         tiles += [canvas[:, i:i + p, j:j + p] for i in range(0, best_h, p) for j in range(0, best_w, p)]
         out = np.stack([self._finish(t) for t in tiles])
-        return ProcessedImage(out, (int(height), int(width)), self.num_tokens(height, width))
+        plan = self.plan(height, width)
+        return ProcessedImage(out, (int(height), int(width)), plan[0].shape[0], plan, self.side * self.side)
 
     # -- batches ----------------------------------------------------------------------------------
     def batch(self, images, *, max_tiles: int | None = None, max_tokens: int | None = None):

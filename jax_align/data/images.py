@@ -32,6 +32,20 @@ class ImageLoadError(ValueError):
     """An image file is missing or its bytes cannot be decoded."""
 
 
+def image_size(ref: ImageRef) -> tuple[int, int]:
+    """``(height, width)`` of an image, read from its header (what AnyRes token counts depend on)."""
+    try:
+        if ref.path is not None:
+            with Image.open(ref.path) as img:
+                width, height = img.size
+        else:
+            with Image.open(io.BytesIO(ref.data or b"")) as img:
+                width, height = img.size
+    except (OSError, UnidentifiedImageError) as e:
+        raise ImageLoadError(f"unreadable image: {ref.path or 'embedded bytes'}: {e}") from e
+    return height, width
+
+
 def load_image(ref: ImageRef) -> Image.Image:
     """Open and fully decode an image (raises :class:`ImageLoadError` naming the file or the bytes)."""
     if ref.path is not None:

@@ -199,8 +199,16 @@ def assemble_rows(
     pad_id: int,
     num_groups: int | None = None,
     num_responses: int | None = None,
+    frontend=None,
 ) -> dict[str, np.ndarray]:
-    """Stack row builders into the batch arrays, padding to ``[num_rows, seq_len]`` and ``max_images``."""
+    """Stack row builders into the batch arrays, padding to ``[num_rows, seq_len]`` and ``max_images``.
+
+    With an AnyRes ``frontend`` (LLaVA-NeXT / OneVision) row images are ``ProcessedImage`` tiles:
+    ``pixel_values`` is ``[B, max_images, max_tiles, C, H, W]`` (``image_shape = (C, H, W)``, tiles padded
+    with zeros to the front end's maximum, so a bucket compiles once whatever the aspect ratios) and the batch
+    also holds the rows' gather plans ``image_index``/``image_weight`` ``[B, T, K]`` and ``image_newline``
+    ``[B, T]`` (zero weight on padding; :func:`jax_align.models.anyres.batch_images`)."""
+    anyres = frontend is not None and getattr(frontend, "anyres", False)
     if len(rows) > num_rows:
         raise ValueError(f"{len(rows)} rows do not fit a batch of {num_rows}")
     B, T = num_rows, seq_len
@@ -214,9 +222,15 @@ def assemble_rows(
         "token_weights": np.zeros((B, T), np.float32),
         "response_ids": np.full((B, T), -1, np.int32),
         "group_ids": np.full((B, T), -1, np.int32),
-        "pixel_values": np.zeros((B, max_images, *image_shape), np.float32),
+        "pixel_values": None if anyres else np.zeros((B, max_images, *image_shape), np.float32),
         "num_images": np.zeros((B,), np.int32),
     }
+    if anyres:
+        from jax_align.models.frontends import stack_row_images
+
+        out.update(stack_row_images([r.images for r in rows] + [[] for _ in range(B - len(rows))],
+                                    max_images=max_images, max_tiles=frontend.max_tiles, max_tokens=T,
+                                    tile_shape=image_shape, taps=frontend.taps))
     if num_groups is not None:
         out["response_row"] = np.full((num_groups, num_responses), -1, np.int32)
         out["response_end"] = np.full((num_groups, num_responses), -1, np.int32)
@@ -239,7 +253,7 @@ def assemble_rows(
                 ("group_ids", row.group_ids),
             ):
                 out[key][b, :n] = np.concatenate(parts)
-        for i, img in enumerate(row.images):
+        for i, img in enumerate(row.images if not anyres else ()):
             out["pixel_values"][b, i] = img
         out["num_images"][b] = len(row.images)
         if num_groups is not None:

@@ -130,7 +130,7 @@ class PreparedGroup:
     epoch: int
     kind: str
     tokens: TokenizedGroup
-    pixel_values: np.ndarray  # float32 [n_images, C, H, W]
+    pixel_values: np.ndarray  # float32 [n_images, C, H, W]; AnyRes: a tuple of frontends.ProcessedImage
     scores: np.ndarray  # float32 [K] (NaN: none)
     levels: np.ndarray  # int32 [K] dense rank, 0 = best
     dimension_scores: np.ndarray | None  # float32 [K, D]
@@ -189,9 +189,13 @@ class RecordProcessor:
         K = self.cfg.responses_per_group
         C = 3
         H, W = self.image_cfg.output_size
-        pixels = np.zeros((len(result.images), C, H, W), np.float32)
-        for i, img in enumerate(result.images):
-            pixels[i] = preprocess_image(img, self.image_cfg)
+        frontend = getattr(self.checker.tokenizer, "frontend", None)
+        if frontend is not None:  # AnyRes: per-image tiles + gather plan (models/frontends.py)
+            pixels = tuple(frontend.preprocess(img) for img in result.images)
+        else:
+            pixels = np.zeros((len(result.images), C, H, W), np.float32)
+            for i, img in enumerate(result.images):
+                pixels[i] = preprocess_image(img, self.image_cfg)
         n = len(tokens.responses)
         scores = np.full((K,), np.nan, np.float32)
         levels = np.full((K,), -1, np.int32)
@@ -293,7 +297,7 @@ class _PackWindow(grain.experimental.FlatMapTransform):
 
     def flat_map(self, window: Sequence[PreparedGroup]) -> list[list[PreparedGroup]]:
         lengths = [g.tokens.length(self.length_layout) for g in window]
-        counts = [g.pixel_values.shape[0] for g in window]
+        counts = [len(g.pixel_values) for g in window]
         return [
             [window[i] for i in row]
             for row in pack_first_fit(lengths, counts, self.capacity, self.max_images)
@@ -304,11 +308,12 @@ class _PackWindow(grain.experimental.FlatMapTransform):
 class Collator:
     """Builds the batch dict (+ metadata) from groups or packed rows; picklable."""
 
-    def __init__(self, cfg: DataConfig, pad_id: int, image_shape: tuple[int, int, int]):
+    def __init__(self, cfg: DataConfig, pad_id: int, image_shape: tuple[int, int, int], frontend=None):
         self.cfg = cfg
         self.buckets = normalize_buckets(cfg.buckets)
         self.pad_id = pad_id
         self.image_shape = image_shape
+        self.frontend = frontend  # AnyRes front end: tiles padded to its maximum, plans in the batch
 
     def _meta(self, groups: Sequence[PreparedGroup]) -> dict[str, Any]:
         last = groups[-1]
@@ -372,6 +377,7 @@ class Collator:
             pad_id=self.pad_id,
             num_groups=None if groups_shape is None else groups_shape[0],
             num_responses=None if groups_shape is None else groups_shape[1],
+            frontend=self.frontend,
         )
 
     def _group_arrays(self, groups: Sequence[PreparedGroup], G: int, K: int) -> dict[str, np.ndarray]:
@@ -500,7 +506,10 @@ class DataPipeline:
             cfg, self.source.path, self.source.base_dir, self.tokenizer, self.image_cfg, reference_logps
         )
         H, W = self.image_cfg.output_size
-        self.collator = Collator(cfg, self.tokenizer.pad_id, (3, H, W))
+        frontend = getattr(self.tokenizer, "frontend", None)
+        if frontend is not None:
+            H = W = frontend.tile
+        self.collator = Collator(cfg, self.tokenizer.pad_id, (3, H, W), frontend)
 
     @property
     def records_per_epoch(self) -> int:

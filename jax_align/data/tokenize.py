@@ -4,7 +4,8 @@ A group (an SFT conversation, or a prompt with K responses) becomes a :class:`To
 
 * ``prefix``: BOS, system/user turns, image tokens and the assistant header, rendered by the checkpoint's
   chat template with ``add_generation_prompt=True``; never a target. Every ``<image>`` placeholder becomes
-  exactly ``num_image_tokens(config)`` copies of the image-token id (issue 4, item 3).
+  exactly as many copies of the image-token id as the model's vision front end gives that image (fixed for
+  LLaVA-1.5, size-dependent for LLaVA-NeXT / OneVision; :mod:`jax_align.models.frontends`).
 * ``responses[k]``: the rest of the conversation for response k: the tokens the template renders after the
   prefix. Tokens of assistant turns (content and the template's end-of-turn text) are targets; later user
   turns (multi-round AMP levels, multi-turn SFT) are context. Assistant round r (0-based over the whole
@@ -29,7 +30,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from jax_align.data.records import IMAGE_PLACEHOLDER, Message, PreferenceGroup, SFTExample
-from jax_align.data.vision_tokens import image_token_id, load_model_config, num_image_tokens, pad_token_id
+from jax_align.data.vision_tokens import image_token_id, load_model_config, pad_token_id
 
 LAYOUTS = ("prefix_shared", "naive")
 
@@ -48,6 +49,7 @@ class TokenizedResponse:
     trained: np.ndarray  # bool [R]: this token is a target
     weights: np.ndarray  # float32 [R]: per-token loss weight (0 where not trained)
     min_keep: int = 0  # truncation keeps at least this many tokens (through the last image block)
+    num_images: int = 0  # image blocks in this response
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -133,7 +135,7 @@ def truncate_group(
 def _cut(group: TokenizedGroup, lengths: Sequence[int], drop_prefix: np.ndarray) -> TokenizedGroup:
     keep = ~drop_prefix
     responses = tuple(
-        TokenizedResponse(r.ids[:n], r.trained[:n], r.weights[:n], min(r.min_keep, n))
+        TokenizedResponse(r.ids[:n], r.trained[:n], r.weights[:n], min(r.min_keep, n), r.num_images)
         for r, n in zip(group.responses, lengths, strict=True)
     )
     return replace(
@@ -162,8 +164,9 @@ def _content_parts(content: str) -> list[dict]:
 class ChatTokenizer:
     """A Hugging Face fast tokenizer + chat template + LLaVA image-token facts.
 
-    ``image_seq_len``: image tokens per image (:func:`num_image_tokens`). ``round_weight``: AMP's per-round
-    weight increment (0 disables it; the MDPO preset uses 0.05, spec 5.2).
+    ``image_seq_len``: image tokens per image (fixed-count families; AnyRes ones pass their ``frontend``, which
+    counts each image's tokens from its size). ``round_weight``: AMP's per-round weight increment (0 disables it;
+    the MDPO preset uses 0.05, spec 5.2).
     """
 
     def __init__(
@@ -175,6 +178,7 @@ class ChatTokenizer:
         chat_template: str | None = None,
         round_weight: float = 0.0,
         pad_id: int | None = None,
+        frontend=None,
     ):
         if not getattr(tokenizer, "is_fast", True):
             raise TypeError("a fast (Rust) tokenizer is required: offsets map template text to tokens")
@@ -186,6 +190,8 @@ class ChatTokenizer:
             )
         self.image_token_id = int(image_token_id)
         self.image_seq_len = int(image_seq_len)
+        # AnyRes families (LLaVA-NeXT, OneVision): the vision front end gives each image its own token count
+        self.frontend = frontend if getattr(frontend, "anyres", False) else None
         self.round_weight = float(round_weight)
         if pad_id is None:
             pad_id = tokenizer.pad_token_id
@@ -207,10 +213,14 @@ class ChatTokenizer:
         template = getattr(tokenizer, "chat_template", None)
         if not template:
             template = _read_processor_template(model_dir)
+        from jax_align.models.frontends import load_frontend
+
+        frontend = load_frontend(model_dir)
         return cls(
             tokenizer,
+            frontend=frontend,
             image_token_id=image_token_id(config),
-            image_seq_len=num_image_tokens(config),
+            image_seq_len=frontend.num_tokens() if not frontend.anyres else 0,
             chat_template=template,
             round_weight=round_weight,
             pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else pad_token_id(config),
@@ -281,19 +291,38 @@ class ChatTokenizer:
         return spans
 
     # ----------------------------------------------------------------------------------------- encoding
-    def encode(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids of ``text`` with every ``<image>`` expanded to ``image_seq_len`` image tokens, and the
-        character offset where each token starts.
+    def image_counts(self, example) -> list[int] | None:
+        """Image tokens of each image of ``example`` (AnyRes: asked of the front end with the image's size, read
+        from the file header); None for fixed-count families."""
+        if self.frontend is None:
+            return None
+        from jax_align.data.images import image_size
+
+        return [self.frontend.num_tokens(*image_size(ref)) for ref in example.images]
+
+    def encode(self, text: str, image_counts=None) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of ``text`` with every ``<image>`` expanded to ``image_seq_len`` image tokens (the i-th to
+        ``image_counts[i]`` when given), and the character offset where each token starts.
         """
         n_placeholders = text.count(IMAGE_PLACEHOLDER)
+        if image_counts is None:
+            if self.frontend is not None and n_placeholders:
+                raise TemplateError("AnyRes models need each image's token count (pass the image sizes)")
+            image_counts = [self.image_seq_len] * n_placeholders
+        image_counts = list(image_counts)
+        if len(image_counts) < n_placeholders:
+            raise TemplateError(f"{n_placeholders} <image> placeholders but {len(image_counts)} images")
         ids: list[int] = []
         starts: list[int] = []
+        seen = 0
         if self._image_token_in_vocab or n_placeholders == 0:
             enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
             for tok, (s, _) in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
                 if n_placeholders and tok == self._tokenizer_image_id:
-                    ids.extend([self.image_token_id] * self.image_seq_len)
-                    starts.extend([s] * self.image_seq_len)
+                    n = image_counts[min(seen, len(image_counts) - 1)]
+                    seen += 1
+                    ids.extend([self.image_token_id] * n)
+                    starts.extend([s] * n)
                 else:
                     ids.append(tok)
                     starts.append(s)
@@ -301,35 +330,41 @@ class ChatTokenizer:
             offset = 0
             for i, chunk in enumerate(text.split(IMAGE_PLACEHOLDER)):
                 if i > 0:
-                    ids.extend([self.image_token_id] * self.image_seq_len)
-                    starts.extend([offset - len(IMAGE_PLACEHOLDER)] * self.image_seq_len)
+                    n = image_counts[i - 1]
+                    seen += 1
+                    ids.extend([self.image_token_id] * n)
+                    starts.extend([offset - len(IMAGE_PLACEHOLDER)] * n)
                 if chunk:
                     enc = self.tokenizer(chunk, add_special_tokens=False, return_offsets_mapping=True)
                     ids.extend(enc["input_ids"])
                     starts.extend(s + offset for s, _ in enc["offset_mapping"])
                 offset += len(chunk) + len(IMAGE_PLACEHOLDER)
         ids_arr = np.asarray(ids, dtype=np.int32)
-        blocks = int(np.sum(ids_arr == self.image_token_id)) // max(self.image_seq_len, 1)
-        if blocks != n_placeholders:
-            raise TemplateError(f"{n_placeholders} <image> placeholders became {blocks} image-token blocks")
+        n_image = int(np.sum(ids_arr == self.image_token_id))
+        if seen != n_placeholders or n_image != sum(image_counts[:n_placeholders]):
+            raise TemplateError(f"{n_placeholders} <image> placeholders became {n_image} image tokens in {seen} "
+                                "blocks")
         return ids_arr, np.asarray(starts, dtype=np.int64)
 
     # --------------------------------------------------------------------------------------- tokenizing
     def tokenize(self, example: SFTExample | PreferenceGroup) -> TokenizedGroup:
         """Tokenize an SFT conversation (K = 1) or a preference group (K responses, best first)."""
+        counts = self.image_counts(example)
         if isinstance(example, SFTExample):
             messages = example.messages
             first = next(i for i, m in enumerate(messages) if m.role == "assistant")
-            return self.tokenize_group(messages[:first], [messages[first:]])
+            return self.tokenize_group(messages[:first], [messages[first:]], image_counts=counts)
         if example.response_prompts is not None:
-            return self.tokenize_contexts(example.prompt, example.response_prompts, example.responses)
-        return self.tokenize_group(example.prompt, example.responses)
+            return self.tokenize_contexts(example.prompt, example.response_prompts, example.responses,
+                                          image_counts=counts)
+        return self.tokenize_group(example.prompt, example.responses, image_counts=counts)
 
     def tokenize_contexts(
         self,
         prompt: Sequence[Message],
         contexts: Sequence[Sequence[Message]],
         responses: Sequence[Sequence[Message]],
+        image_counts=None,
     ) -> TokenizedGroup:
         """Responses that each come with their own context turns: conversation k is
         ``prompt + contexts[k] + responses[k]`` (e.g. a critic prompt that quotes answer k, then its critique).
@@ -346,9 +381,11 @@ class ChatTokenizer:
         for ctx, resp in zip(contexts, responses, strict=True):
             conv = tuple(prompt) + tuple(ctx)
             text = self.render(conv, True)
-            ids, starts = self.encode(text)
+            n_in = text.count(IMAGE_PLACEHOLDER)
+            ids, starts = self.encode(text, None if image_counts is None else image_counts[:n_in])
             rounds = sum(1 for m in conv if m.role == "assistant")
-            parts.append((conv, text, ids, starts, self._tokenize_response(conv, tuple(resp), text, rounds)))
+            rest = None if image_counts is None else image_counts[n_in:]
+            parts.append((conv, text, ids, starts, self._tokenize_response(conv, tuple(resp), text, rounds, rest)))
         first_ids = parts[0][2]
         common = min(p[2].shape[0] for p in parts)
         for _, _, ids, _, _ in parts[1:]:
@@ -375,18 +412,24 @@ class ChatTokenizer:
                     np.concatenate([np.zeros(n, bool), r.trained]),
                     np.concatenate([np.zeros(n, np.float32), r.weights]),
                     r.min_keep + n if r.min_keep else 0,
+                    r.num_images,
                 )
             )
-        n_images = int(np.sum(first_ids[:common] == self.image_token_id)) // max(self.image_seq_len, 1)
-        n_resp_images = tuple(int(np.sum(r.ids == self.image_token_id)) // max(self.image_seq_len, 1) for r in out)
+        n_images = parts[0][1].count(IMAGE_PLACEHOLDER)
+        n_resp_images = tuple(r.num_images for r in (p[4] for p in parts))
         return TokenizedGroup(first_ids[:common].copy(), cuttable, tuple(out), n_images, n_resp_images)
 
     def tokenize_group(
-        self, prompt: Sequence[Message], responses: Sequence[Sequence[Message]]
+        self, prompt: Sequence[Message], responses: Sequence[Sequence[Message]], image_counts=None
     ) -> TokenizedGroup:
+        """``image_counts``: tokens of each image in placeholder order (prompt first, then each response's own
+        images continue after the prompt's); None: ``image_seq_len`` each."""
         prompt = tuple(prompt)
         prefix_text = self.render(prompt, True)
-        prefix_ids, prefix_starts = self.encode(prefix_text)
+        n_prefix_images = prefix_text.count(IMAGE_PLACEHOLDER)
+        rest = None if image_counts is None else image_counts[n_prefix_images:]
+        prefix_ids, prefix_starts = self.encode(
+            prefix_text, None if image_counts is None else image_counts[:n_prefix_images])
         if prefix_ids.size == 0:
             raise TemplateError("the chat template renders an empty prompt (no BOS or header)")
         cuttable = np.zeros(prefix_ids.shape, dtype=bool)
@@ -397,14 +440,14 @@ class ChatTokenizer:
         out = []
         n_resp_images = []
         for resp in responses:
-            r = self._tokenize_response(prompt, tuple(resp), prefix_text, rounds_before)
+            r = self._tokenize_response(prompt, tuple(resp), prefix_text, rounds_before, rest)
             out.append(r)
-            n_resp_images.append(int(np.sum(r.ids == self.image_token_id)) // max(self.image_seq_len, 1))
-        n_prefix_images = int(np.sum(prefix_ids == self.image_token_id)) // max(self.image_seq_len, 1)
+            n_resp_images.append(r.num_images)
         return TokenizedGroup(prefix_ids, cuttable, tuple(out), n_prefix_images, tuple(n_resp_images))
 
     def _tokenize_response(
-        self, prompt: tuple[Message, ...], resp: tuple[Message, ...], prefix_text: str, rounds_before: int
+        self, prompt: tuple[Message, ...], resp: tuple[Message, ...], prefix_text: str, rounds_before: int,
+        image_counts=None,
     ) -> TokenizedResponse:
         full = self.render(prompt + resp, False)
         if not full.startswith(prefix_text):
@@ -425,7 +468,7 @@ class ChatTokenizer:
             spans.append((len(before) - base, len(upto) - base, rnd))
             rnd += 1
         text = full[base:]
-        ids, starts = self.encode(text)
+        ids, starts = self.encode(text, image_counts)
         trained = np.zeros(ids.shape, dtype=bool)
         weights = np.zeros(ids.shape, dtype=np.float32)
         for a, b, r in spans:
@@ -436,7 +479,7 @@ class ChatTokenizer:
             raise TemplateError("the response has no target tokens after tokenization")
         image_pos = np.flatnonzero(ids == self.image_token_id)
         min_keep = int(image_pos[-1]) + 1 if image_pos.size else 0
-        return TokenizedResponse(ids, trained, weights, min_keep)
+        return TokenizedResponse(ids, trained, weights, min_keep, text.count(IMAGE_PLACEHOLDER))
 
 
 def _read_processor_template(model_dir: str) -> str | None:

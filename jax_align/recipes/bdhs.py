@@ -132,7 +132,8 @@ def run_bdhs(generator, records: list[dict], *, base_dir: str, embedder, cfg: BD
     ground truth are dropped and counted.
     """
     exchanges = [first_exchange(r) for r in records]
-    n_img = generator.config.num_image_tokens
+    # image tokens per record, asked of the model's front end (AnyRes: size-dependent, newline tokens included)
+    n_img = [generator.num_image_tokens({"image": r.get("image")}, base_dir) for r in records]
     rng = np.random.default_rng(cfg.seed)
     rejected: list[str | None] = [None] * len(records)
     info: list[dict] = [{} for _ in records]
@@ -140,7 +141,7 @@ def run_bdhs(generator, records: list[dict], *, base_dir: str, embedder, cfg: BD
     for attempt in range(1, cfg.attempts + 1):
         if not pending:
             break
-        masks = {i: rng.random(n_img) >= cfg.rho_th for i in pending}  # m_j = 1[rho_j >= rho_th]
+        masks = {i: rng.random(n_img[i]) >= cfg.rho_th for i in pending}  # m_j = 1[rho_j >= rho_th]
         free = cfg.attempts > 1 and attempt == cfg.attempts  # the last try is unguided
         prompts, prefixes, keeps, jobs = [], [], [], []
         for i in pending:

@@ -19,12 +19,12 @@ def build_multilevel(generator, records: list[dict], *, base_dir: str, cfg: BDHS
     """Ranked records ``{image, prompt, responses (best first), scores}`` from SFT ``records``."""
     cfg = cfg or BDHSConfig()
     rng = np.random.default_rng(cfg.seed + 7)
-    n_img = generator.config.num_image_tokens
+    n_img = [generator.num_image_tokens({"image": r.get("image")}, base_dir) for r in records]  # front end
     prompts, prefixes, keeps, where = [], [], [], []
     exchanges = [first_exchange(r) for r in records]
     for i, (prompt, answer) in enumerate(exchanges):
         sentences = split_sentences(answer)
-        keep = rng.random(n_img) >= cfg.rho_th
+        keep = rng.random(n_img[i]) >= cfg.rho_th
         for k, sentence in enumerate(sentences):
             words = sentence.split()
             pivot = int(rng.integers(1, len(words))) if len(words) > 1 else 0
