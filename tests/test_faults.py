@@ -505,3 +505,35 @@ def test_train_with_all_bad_data_and_skip_stops_in_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     line = _one_line(proc.stderr)
     assert line.startswith(f"jax-align train: {data}:1: image: missing image") and "on_error=skip stopped" in line
+
+
+def test_kill_during_export_keeps_the_old_export(hf_model, tmp_path):
+    """SIGKILL while the new safetensors file is half written: the old export is still complete and loads."""
+    from transformers import LlavaForConditionalGeneration
+
+    ckpt, out = str(tmp_path / "ckpt"), str(tmp_path / "hf")
+    assert main(["convert", "from-hf", hf_model, ckpt]) == 0
+    assert main(["convert", "to-hf", ckpt, out]) == 0
+    old = {f: open(os.path.join(out, f), "rb").read() for f in sorted(os.listdir(out))}
+    code = textwrap.dedent(f"""
+        import sys, time
+        import safetensors.flax
+        def half_written(tensors, path, metadata=None):
+            open(path, "wb").write(b"partial")
+            print("writing", flush=True)
+            time.sleep(60)
+        safetensors.flax.save_file = half_written
+        from jax_align.cli.main import main
+        sys.exit(main(["convert", "to-hf", {ckpt!r}, {out!r}]))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert {f: open(os.path.join(out, f), "rb").read() for f in sorted(os.listdir(out))} == old
+    LlavaForConditionalGeneration.from_pretrained(out)
+    assert main(["convert", "to-hf", ckpt, out]) == 0  # the next export cleans the killed one's temporary up
+    assert sorted(os.listdir(tmp_path)) == ["ckpt", "hf"]
