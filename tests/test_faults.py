@@ -191,6 +191,11 @@ def test_cli_errors_in_process(tmp_path, capsys):
     (tmp_path / "bad.jsonl").write_text('{"prompt": 1}\n{oops\n')
     cases.append((["prefs", "bdhs", "--model", str(tmp_path), "--input", str(tmp_path / "bad.jsonl"), "--output",
                    str(tmp_path / "o.jsonl")], "bad.jsonl:2: record: invalid JSON"))
+    (tmp_path / "escape.jsonl").write_text('{"image": "../../etc/passwd", "prompt": "q", "chosen": "a", '
+                                           '"rejected": "b"}\n')
+    cases.append((["prefs", "margins", "--reward-model", str(tmp_path), "--input", str(tmp_path / "escape.jsonl"),
+                   "--output", str(tmp_path / "o.jsonl")], "escape.jsonl:1: image: image path '../../etc/passwd' "
+                                                           "escapes the data directory"))
     for argv, expected in cases:
         assert main(argv) == 2, argv
         line = _one_line(capsys.readouterr().err)

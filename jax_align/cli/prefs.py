@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--limit", type=int, default=0, help="use only the first N records (0 = all)")
+    b.add_argument("--allow-absolute-paths", action="store_true",
+                   help="accept image paths outside the input file's directory (absolute or ../)")
     m = sub.add_parser("margins", help="MM-DPO margins from a trained reward model (spec §4.3)")
     m.add_argument("--reward-model", required=True, help="run.dir/model of a reward or critique_reward run")
     m.add_argument("--input", required=True, help="pairwise JSONL (prompt, chosen, rejected, image)")
@@ -41,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--max-critique-tokens", type=int, default=256)
     m.add_argument("--batch-size", type=int, default=16)
     m.add_argument("--buckets", default="256,512,1024", help="comma-separated sequence-length buckets")
+    m.add_argument("--allow-absolute-paths", action="store_true",
+                   help="accept image paths outside the input file's directory (absolute or ../)")
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -69,6 +73,21 @@ def read_jsonl(path: str) -> list[dict]:
     return records
 
 
+def check_image_paths(path: str, records: list[dict], allow_absolute_paths: bool) -> None:
+    """Image paths stay inside the input file's directory (unless allowed): checked before any model loads."""
+    from jax_align.data.problems import DataError, Problem
+    from jax_align.data.records import FieldProblems, parse_images
+
+    base = os.path.dirname(os.path.abspath(path))
+    problems = []
+    for n, record in enumerate(records, 1):
+        found = FieldProblems()
+        parse_images(record, base, found, allow_absolute_paths)
+        problems.extend(Problem(path, n, f, m) for f, m in found.items)
+    if problems:
+        raise DataError(problems)
+
+
 def run(args) -> int:
     return run_margins(args) if args.recipe == "margins" else run_bdhs_cli(args)
 
@@ -80,7 +99,7 @@ def run_margins(args) -> int:
         buckets = tuple(int(b) for b in args.buckets.split(","))
     except ValueError:
         raise CommandError(f"expected comma-separated integers, got {args.buckets!r}", field="--buckets") from None
-    read_jsonl(args.input)  # data checks before any model is built
+    check_image_paths(args.input, read_jsonl(args.input), args.allow_absolute_paths)  # before any model is built
     if not os.path.isdir(args.reward_model):
         raise CommandError("no such model directory", file=args.reward_model, field="--reward-model")
     from jax_align.recipes.reward_scoring import attach_margins, score_pairs, score_pairs_with_critiques
@@ -102,6 +121,7 @@ def run_bdhs_cli(args) -> int:
     from jax_align.recipes.bdhs import BDHSConfig, run_bdhs, write_pairs
 
     records = read_jsonl(args.input)
+    check_image_paths(args.input, records, args.allow_absolute_paths)
     if args.limit:
         records = records[: args.limit]
     cfg = BDHSConfig(rho_th=args.rho_th, attempts=args.attempts, sim_threshold=args.sim_threshold,
