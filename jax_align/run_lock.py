@@ -44,10 +44,11 @@ def lock_path(directory: str, inside: bool = True) -> str:
 class DirLock:
     """Exclusive lock on ``directory`` (created if missing); a context manager, or ``acquire()``/``release()``."""
 
-    def __init__(self, directory: str, *, inside: bool = True, what: str = ""):
+    def __init__(self, directory: str, *, inside: bool = True, what: str = "", enabled: bool = True):
         self.directory = os.path.abspath(directory)
         self.path = lock_path(self.directory, inside)
         self.what = what
+        self.enabled = enabled  # False: a no-op (the non-primary processes of a multi-process run)
         self._fd: int | None = None
 
     @property
@@ -55,7 +56,7 @@ class DirLock:
         return self._fd is not None
 
     def acquire(self) -> DirLock:
-        if self._fd is not None:
+        if self._fd is not None or not self.enabled:
             return self
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         while True:
@@ -110,9 +111,10 @@ def _read_holder(fd: int) -> dict:
         return {}
 
 
-def lock_run_dir(run_dir: str) -> DirLock:
-    """The trainer's lock: ``with lock_run_dir(cfg.run.dir): ...`` (process 0 only in multi-process runs)."""
-    return DirLock(run_dir, inside=True, what="run directory")
+def lock_run_dir(run_dir: str, enabled: bool = True) -> DirLock:
+    """The trainer's lock: ``with lock_run_dir(cfg.run.dir, enabled=jax.process_index() == 0): ...`` (one lock
+    per run: the processes of a multi-process run share the directory)."""
+    return DirLock(run_dir, inside=True, what="run directory", enabled=enabled)
 
 
 def lock_output(out_dir: str) -> DirLock:

@@ -31,6 +31,7 @@ from jax_align.orbax_logs import quiet_orbax_errors
 # Config fields that make resuming meaningless when they change (dotted keys of Config.to_dict()).
 FINGERPRINT_KEYS = (
     "run.stage",
+    "run.seed",
     "model.path",
     "model.init",
     "model.tokenizer",
