@@ -58,6 +58,8 @@ def test_export_reload_no_missing_keys(family, tmp_path):
     from transformers import AutoModelForImageTextToText
 
     name, path, model, cfg, params, forward = family
+    if name == "next_mistral_layers":
+        pytest.skip("same weight map as next_llama; keeps the suite's time down")
     out_dir = to_hf(cfg, params, str(tmp_path / "export"))
     reloaded, info = AutoModelForImageTextToText.from_pretrained(out_dir, output_loading_info=True)
     assert type(reloaded).__name__ == type(model).__name__
@@ -81,6 +83,8 @@ def test_greedy_kv_cache_matches_generate(family):
     from jax_align.sampling import Sampler, SamplingParams
 
     name, path, model, cfg, _, _ = family
+    if name == "next_mistral_layers":
+        pytest.skip("same decoding path as next_llama; keeps the suite's time down")
     graphdef, params = load_hf_params(path, cfg)
     fe = frontend_for(cfg)
     ids, px, sizes, _ = anyres_inputs(fe, SIZES[:2], seed=2)
