@@ -340,6 +340,14 @@ def test_restore_a_given_step_sets_newer_ones_aside(tmp_path):
     assert "3.superseded" in os.listdir(d) and ckpt.all_steps() == [2, 1] and len(lines) == 1
 
 
+def test_last_good_step_skips_the_checkpoint_that_produced_the_nan(tmp_path):
+    d = str(tmp_path / "checkpoints")
+    _save_steps(d, [2, 4, 6])
+    ckpt, _ = _checkpointer(d)
+    assert ckpt.last_good_step(7) == 4  # step 7's loss came from checkpoint 6's parameters
+    assert ckpt.last_good_step(8) == 6 and ckpt.last_good_step(3) is None
+
+
 def test_config_fingerprint_names_the_changed_keys(tmp_path):
     from jax_align.train.checkpointing import check_fingerprint, fingerprint
 

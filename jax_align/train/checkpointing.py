@@ -275,6 +275,14 @@ class TrainCheckpointer:
         self.manager.reload()
         return dst
 
+    def last_good_step(self, nonfinite_step: int) -> int | None:
+        """The newest checkpoint whose parameters are known to give a finite loss, after step
+        ``nonfinite_step`` gave a non-finite one. The loss of step N is computed from the parameters saved as
+        checkpoint N-1, so N-1 is poisoned; checkpoint s is good when step s+1 ran with a finite loss, i.e.
+        s <= N-2. ``None`` when there is none (call :meth:`wait` first so pending saves are listed)."""
+        good = [s for s in self.all_steps() if s <= nonfinite_step - 2]
+        return max(good) if good else None
+
     # ------------------------------------------------------------------------------------------- metadata
     def read_config(self, step: int) -> dict | None:
         return self._read_json(step, "config")
