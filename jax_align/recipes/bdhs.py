@@ -201,7 +201,9 @@ def run_bdhs(generator, records: list[dict], *, base_dir: str, embedder, cfg: BD
 
 def write_pairs(pairs: list[dict], in_base: str, out_path: str) -> None:
     """Write preference records with image paths made relative to ``out_path``'s directory."""
+    from jax_align.atomic import atomic_file
+
     out_dir = os.path.dirname(os.path.abspath(out_path))
-    with open(out_path, "w") as f:
+    with atomic_file(out_path) as f:  # an existing file survives a failed write
         for p in pairs:
             f.write(json.dumps(rebase_images(p, in_base, out_dir)) + "\n")
