@@ -159,8 +159,12 @@ def _cudnn_unavailable(q, cached: bool):
 
 
 def _cudnn(q, k, v, info: MaskInfo, window, scale):
-    mask = info.dense(window)[:, None]  # [B, 1, T, S] bool: the scores are never materialised
-    out = jax.nn.dot_product_attention(q, k, v.astype(q.dtype), mask=mask, scale=scale, implementation="cudnn")
+    mask = info.dense(window)  # [B, T, S] bool, shared by the heads: the scores are never materialised
+    # a query with no visible key (padding) sees itself instead of nothing (a kernel's empty softmax may be NaN);
+    # only padding rows differ from the reference path, and nothing reads them
+    mask |= ~jnp.any(mask, axis=-1, keepdims=True) & jnp.eye(q.shape[1], k.shape[1], dtype=bool)[None]
+    out = jax.nn.dot_product_attention(q, k, v.astype(q.dtype), mask=mask[:, None], scale=scale,
+                                       implementation="cudnn")
     return out.astype(q.dtype)
 
 
