@@ -116,8 +116,13 @@ def build_hf_anyres(out_dir: str, family: str, seed: int = 0, scale: float = 0.3
     """Create and save a random ``LlavaNextForConditionalGeneration`` / ``LlavaOnevisionForConditionalGeneration``;
     returns the torch model (eval mode)."""
     import torch
-    from transformers import CONFIG_MAPPING, LlavaNextConfig, LlavaNextForConditionalGeneration
-    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+    from transformers import (
+        CONFIG_MAPPING,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+    )
 
     model_type, text_type, vision, text_extra, top_extra = ANYRES[family]
     torch.manual_seed(seed)

@@ -52,11 +52,11 @@ def test_llava15_with_only_processor_config_converts_and_trains(tmp_path):
 
 
 def test_convert_cli_round_trips_onevision(tmp_path):
-    from jax_align.cli.main import main
+    from hf_fixtures import anyres_image_processor_dict, anyres_inputs, torch_anyres_logits
     from jax_align.models import from_hf
     from jax_align.models.frontends import frontend_for
 
-    from hf_fixtures import anyres_image_processor_dict, anyres_inputs, torch_anyres_logits
+    from jax_align.cli.main import main
 
     src = str(tmp_path / "hf")
     model = build_hf_anyres(src, "ov_qwen2")

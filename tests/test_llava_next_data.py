@@ -46,15 +46,16 @@ def _pipeline(model_dir, data, layout, batch_size=2):
 
 
 def test_tokenized_image_blocks_follow_the_front_end(setup):
-    from jax_align.data.tokenize import ChatTokenizer
     from jax_align.models.frontends import load_frontend
+
+    from jax_align.data.tokenize import ChatTokenizer
 
     name, model_dir, _, data, records = setup
     tok = ChatTokenizer.from_model_dir(model_dir)
     fe = load_frontend(model_dir)
     assert tok.frontend is not None
     counts = set()
-    for i, (w, h) in enumerate(IMAGES):
+    for w, h in IMAGES:
         ids, _ = tok.encode("USER: <image>\nwhat ? ASSISTANT:", [fe.num_tokens(h, w)])
         assert int((ids == tok.image_token_id).sum()) == fe.num_tokens(h, w)
         counts.add(fe.num_tokens(h, w))
@@ -152,10 +153,10 @@ def test_tiny_dpo_run_starts_at_log2_and_learns(setup):
 
 def test_generator_greedy_equals_transformers_and_bdhs_masks(setup):
     import torch
-    from jax_align.generate import Generator
     from jax_align.models.frontends import load_frontend
     from PIL import Image
 
+    from jax_align.generate import Generator
     from jax_align.sampling import SamplingParams
 
     name, model_dir, model, data, records = setup
