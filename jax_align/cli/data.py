@@ -2,9 +2,13 @@
 
 Prints ``PATH:RECORD: FIELD: MESSAGE`` for each bad record (RECORD: 1-based line number for JSONL, row
 index + 1 otherwise; a record with several problems gets one line listing them all, or one line per problem
-with ``--each-problem``) and exits 1 if there is any, else 0. ``--model DIR`` (a Hugging Face LLaVA directory
-with tokenizer, chat template and config) enables the "too long even after truncation" check against
-``--max-length`` (default: the model's ``max_position_embeddings``).
+with ``--each-problem``) and exits 1 if there is any, else 0. An empty file is a bad file (``PATH:0: file:
+empty``); records repeating an earlier ``id`` are named; image paths must stay inside the data file's directory
+(``--allow-absolute-paths``) and images within the decode limits (``--max-image-pixels``, ``--max-image-aspect``).
+``--model DIR`` (a Hugging Face LLaVA directory with tokenizer, chat template and config), or just ``--tokenizer
+DIR`` (with ``--image-tokens N`` when it has no config.json), enables the "too long even after truncation" check
+against ``--max-length`` (default: the model's ``max_position_embeddings``). A file that cannot be read at all
+is one line on stderr, exit 2.
 """
 
 from __future__ import annotations
@@ -128,13 +132,16 @@ def validate_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     try:
-        source = open_records(args.path, image_root=args.image_root, split=args.split)
-    except json.JSONDecodeError as e:
-        print(f"{args.path}:{e.lineno}: record: invalid JSON: {e.msg} (column {e.colno})")
-        return 1
-    except (OSError, ValueError) as e:
-        print(f"{args.path}:0: file: {e}")
-        return 1
+        with located(args.path, "file"):
+            source = open_records(args.path, image_root=args.image_root, split=args.split)
+    except json.JSONDecodeError as e:  # a JSON array file that does not parse: the whole file is unusable
+        raise CommandError(f"invalid JSON: {e.msg} (column {e.colno})", file=args.path, record=e.lineno,
+                           field="file") from None
+    except (OSError, ValueError) as e:  # unreadable, not a data file, corrupt Parquet, not a datasets directory
+        message = " ".join(str(e).split())
+        if message.startswith(f"{args.path}: "):
+            message = message[len(args.path) + 2:]
+        raise CommandError(message, file=args.path, field="file") from None
     if len(source) == 0:
         print(f"{args.path}:0: file: empty: no records")
         if not args.quiet:
