@@ -192,3 +192,20 @@ def write_json(path: str, obj, **dump_kwargs) -> None:
     with atomic_file(path, encoding="utf-8") as f:
         json.dump(obj, f, **dump_kwargs)
         f.write("\n")
+
+
+def check_writable(path: str) -> None:
+    """Fail now, not after minutes of work, when ``path`` could not be written: its nearest existing parent must be
+    a writable directory (raises ``OSError`` naming ``path``)."""
+    probe = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise NotADirectoryError(errno.ENOTDIR, f"{probe} is not a directory", path)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"{probe} is not writable", path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "is a directory, expected a file path", path)

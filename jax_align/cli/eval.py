@@ -35,6 +35,12 @@ def run(args: argparse.Namespace) -> int:
     )
     from jax_align.eval.report import format_table
 
+    if args.json_out:
+        from jax_align.atomic import check_writable
+        from jax_align.cli.errors import located
+
+        with located(args.json_out, "--json"):
+            check_writable(args.json_out)
     try:
         if args.answers:
             if args.save_answers:

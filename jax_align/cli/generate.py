@@ -127,7 +127,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     import jax.numpy as jnp
 
+    from jax_align.atomic import check_writable
     from jax_align.cli.errors import located
+
+    with located(args.output, "--output"):
+        check_writable(args.output)
 
     dtype = None if args.dtype is None else jnp.dtype(args.dtype)
     with located(args.model, "--model"):  # a bad model directory: one line naming it (exit 2)

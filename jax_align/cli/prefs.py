@@ -89,6 +89,11 @@ def check_image_paths(path: str, records: list[dict], allow_absolute_paths: bool
 
 
 def run(args) -> int:
+    from jax_align.atomic import check_writable
+    from jax_align.cli.errors import located
+
+    with located(args.output, "--output"):
+        check_writable(args.output)
     return run_margins(args) if args.recipe == "margins" else run_bdhs_cli(args)
 
 
