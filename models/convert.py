@@ -202,12 +202,12 @@ def check_image_tokens(cfg: LlavaConfig, input_ids: np.ndarray, pixel_shape) -> 
         n_images = int(np.prod(pixel_shape[:-3]))
     if pixel_shape is not None and len(pixel_shape) == 5:
         per_row = (input_ids == cfg.image_token_id).sum(axis=1)
-        if (per_row > pixel_shape[1] * cfg.num_image_tokens).any():
+        if (per_row > pixel_shape[1] * cfg.tile_tokens).any():
             raise ValueError(f"a row has more image tokens than {pixel_shape[1]} images provide")
         return
-    if n_tokens != n_images * cfg.num_image_tokens:
+    if n_tokens != n_images * cfg.tile_tokens:
         raise ValueError(f"Image features and image tokens do not match: tokens: {n_tokens}, features: "
-                         f"{n_images * cfg.num_image_tokens} ({n_images} images x {cfg.num_image_tokens})")
+                         f"{n_images * cfg.tile_tokens} ({n_images} images x {cfg.tile_tokens})")
 
 
 def from_hf(path: str, dtype=jnp.float32, **model_options):

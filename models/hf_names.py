@@ -4,6 +4,12 @@ Canonical Hugging Face names are the ones transformers 5 writes to disk (``langu
 ``language_model.lm_head.weight``, ``vision_tower.*``, ``multi_modal_projector.*``). On reading we also accept
 the in-memory layout (``model.language_model.*``, ``model.vision_tower.*``, ``lm_head.weight``) and the older
 ``vision_tower.vision_model.*`` layout.
+
+The three families share this map: LLaVA-NeXT and LLaVA-OneVision add one tensor, the top-level
+``image_newline`` (``[text hidden]``; transformers 5 writes it as ``image_newline``, in memory
+``model.image_newline``), which the generic rule already names from our path ``("image_newline",)``; there
+is no family-specific exception. OneVision's SigLIP tower has no attention-pooling head (``vision_use_head:
+false``), so ``vision_tower.head.*`` is absent, as the config says.
 """
 
 from __future__ import annotations

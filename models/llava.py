@@ -52,7 +52,7 @@ class LlavaModel(nnx.Module):
 
     # -- pieces ------------------------------------------------------------------------------------
     def encode_images(self, pixel_values):
-        """``[N, C, H, W]`` -> projected image features ``[N, P, E]`` (P = ``cfg.num_image_tokens``)."""
+        """``[N, C, H, W]`` -> projected image features ``[N, P, E]`` (P = ``cfg.tile_tokens``)."""
         cfg = self.cfg
         dtype = self.dtype or pixel_values.dtype
         states = self.vision_tower.hidden_states(pixel_values.astype(dtype), cfg.feature_layers)
