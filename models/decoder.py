@@ -184,7 +184,9 @@ class Decoder(nnx.Module):
         else:
             ck, cv = cache["layers"]["k"], cache["layers"]["v"]
         for start, stop, w in layer_runs(windows):
-            run = state if (start, stop) == (0, len(windows)) else jax.tree.map(lambda a: a[start:stop], state)
+            run = state
+            if (start, stop) != (0, len(windows)):
+                run = jax.tree.map(lambda a, lo=start, hi=stop: a[lo:hi], state)
             _, call = _layer_fn(graphdef, None, self.remat, dict(kw, window=w))
             mask = masks[w]
 

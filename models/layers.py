@@ -135,8 +135,10 @@ class Dense(nnx.Module):
             raise ValueError(f"Dense.add_lora: a stacked layer needs stack_index in [0, {n}), got {index!r}")
         _, in_axis, out_axis = self.kernel.get_metadata().get("logical_axes", (None, None, None))
         if self.lora_a is None:
-            self.lora_a = LoRAParam(jnp.zeros((n, din, rank), param_dtype), logical_axes=("layers", in_axis, "lora_rank"))
-            self.lora_b = LoRAParam(jnp.zeros((n, rank, dout), param_dtype), logical_axes=("layers", "lora_rank", out_axis))
+            self.lora_a = LoRAParam(jnp.zeros((n, din, rank), param_dtype),
+                                    logical_axes=("layers", in_axis, "lora_rank"))
+            self.lora_b = LoRAParam(jnp.zeros((n, rank, dout), param_dtype),
+                                    logical_axes=("layers", "lora_rank", out_axis))
             self.lora_scale = nnx.data(LoRAStackInfo(jnp.zeros((n,), jnp.float32), logical_axes=("layers",)))
             self.lora_id = nnx.data(LoRAStackInfo(jnp.zeros((n,), jnp.int32), logical_axes=("layers",)))
             self.lora_dropout = float(dropout)

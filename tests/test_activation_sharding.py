@@ -16,7 +16,8 @@ from jax_align.sharding import DEFAULT_RULES, constrain, rules_from_config
 
 def test_rules_from_config():
     assert rules_from_config(None) == DEFAULT_RULES
-    rules = dict(rules_from_config({"length": "tensor", "embed": None, "batch": ["data"], "experts": ["fsdp", "tensor"]}))
+    overrides = {"length": "tensor", "embed": None, "batch": ["data"], "experts": ["fsdp", "tensor"]}
+    rules = dict(rules_from_config(overrides))
     assert rules["length"] == "tensor" and rules["embed"] is None and rules["batch"] == "data"
     assert rules["experts"] == ("fsdp", "tensor") and rules["heads"] == "tensor"
     assert dict(rules_from_config([["mlp", []]]))["mlp"] is None

@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from jax_align.models import attention as attn
 from jax_align.models.attention import MaskInfo, attend
 
@@ -146,7 +145,7 @@ def test_blockwise_memory_grows_linearly():
     lengths = (512, 1024, 2048)
     blockwise = [_temp_bytes("blockwise", t) for t in lengths]
     # doubling the length doubles the temporaries (quadratic would be x4)
-    for a, b in zip(blockwise, blockwise[1:]):
+    for a, b in zip(blockwise, blockwise[1:], strict=False):
         assert b / a < 2.5, blockwise
     reference = [_temp_bytes("reference", t) for t in lengths[:2]]
     assert reference[1] / reference[0] > 3.5, reference

@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-
 from jax_align.models import LlavaConfig, LlavaModel
+
 from jax_align.presets import tiny_llava_hf_config
 
 
@@ -50,7 +50,7 @@ def main():
     p.add_argument("--time", action="store_true", help="also run the step (3 times) and print the median")
     a = p.parse_args()
     for impl in ("reference", "blockwise"):
-        prev = None
+        prev = prev_t = None
         for t in a.lengths:
             step, params = build(a, impl, t)
             ids = jnp.asarray(np.random.default_rng(0).integers(0, a.vocab - 2, (a.batch, t)), jnp.int32)

@@ -14,8 +14,8 @@ import time
 import jax
 import jax.numpy as jnp
 from flax import nnx
-
 from jax_align.models import LlavaConfig, LlavaModel
+
 from jax_align.presets import tiny_llava_hf_config
 
 
