@@ -89,16 +89,16 @@ def test_blockwise_equals_reference(window):
     _compare(q, k, v, _info(seg, pre, np.arange(t), kseg, np.arange(t), keep), window)
 
 
-@pytest.mark.parametrize("window", [None, 6])
-def test_blockwise_cached_decoding(window):
-    """A prefill chunk and a one-token step against a 40-slot cache (empty slots: seg 0; left padding)."""
+def test_blockwise_cached_decoding():
+    """A prefill chunk (full attention) and a one-token step (sliding window) against a 40-slot cache (empty
+    slots: seg 0; left padding; keep-mask)."""
     rng = np.random.default_rng(2)
     slots = 40
     kseg = np.zeros((B, slots), np.int32)
     kseg[:, :21] = 1
     kseg[0, :4] = 0
     keep = rng.random((B, slots)) > 0.2
-    for start, t in ((13, 8), (20, 1)):
+    for start, t, window in ((13, 8, None), (20, 1, 6)):
         q, k, v = _qkv(rng, t, slots)
         qseg = kseg[:, start:start + t]
         info = _info(qseg, qseg, start + np.arange(t), kseg, np.arange(slots), keep)
