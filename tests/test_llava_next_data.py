@@ -180,6 +180,42 @@ def test_generator_greedy_equals_transformers_and_bdhs_masks(setup):
             assert g.keep_mask.shape[0] == gen.num_image_tokens(p, data) and g.keep_mask.all()
 
 
+def test_bdhs_keep_masks_cover_variable_image_tokens(setup):
+    """BDHS (spec §2.2, rho_th = 0.99) on an AnyRes model: each record's keep-mask covers exactly its own
+    (size-dependent) image tokens, newline tokens included, and hides almost all of them."""
+    from data_fixtures import sft_record
+    from jax_align.generate import Generator
+    from jax_align.recipes.bdhs import BDHSConfig, run_bdhs
+
+    class Embedder:
+        def cosine(self, a, b):
+            return np.array([1.0 if x == y else 0.5 for x, y in zip(a, b, strict=False)])
+
+    name, model_dir, _, data, _ = setup
+    if name != "next_llama":
+        pytest.skip("run on LLaVA-NeXT only")
+    gen = Generator.from_model_dir(model_dir)
+    records = [sft_record(i, image=f"img{i}.png") for i in range(len(IMAGES))]
+    seen = []
+    original = gen.generate
+
+    def spy(prompts, sampling=None, **kw):
+        seen.append((prompts, kw["keep_masks"]))
+        return original(prompts, sampling, **kw)
+
+    gen.generate = spy
+    pairs, stats = run_bdhs(gen, records, base_dir=data, embedder=Embedder(),
+                            cfg=BDHSConfig(attempts=1, max_new_tokens=4, batch_size=4))
+    assert stats["records"] == len(IMAGES)
+    sizes = set()
+    for prompts, keeps in seen:
+        for p, k in zip(prompts, keeps, strict=True):
+            assert k.shape == (gen.num_image_tokens(p, data),)
+            sizes.add(k.shape[0])
+    assert len(sizes) > 1
+    assert np.mean([k.mean() for _, keeps in seen for k in keeps]) < 0.1
+
+
 def _trainer_takes_anyres() -> bool:
     """The training forward builds the AnyRes image input from the batch (models.anyres.batch_images)."""
     import inspect
