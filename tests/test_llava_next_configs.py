@@ -74,3 +74,20 @@ def test_real_config_image_tokens_match_processor(name):
         assert set(got.values()) == {576}
     else:
         assert len(set(got.values())) > 1  # AnyRes: the count follows the aspect ratio
+
+
+@pytest.mark.parametrize("name", ["llava-v1.6-mistral-7b-hf", "llava-onevision-qwen2-7b-ov-hf"])
+def test_real_processor_pixels_at_full_scale(name):
+    """The front end's tiles equal the real image processor's (336 / 384 px tiles) for a 640x480 image."""
+    import transformers
+    from PIL import Image
+
+    path = os.path.join(ROOT, name)
+    d = load_image_processor_dict(path)
+    ip = getattr(transformers, d["image_processor_type"] + "Pil")(
+        **{k: v for k, v in d.items() if k not in ("image_processor_type", "processor_class")})
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8))
+    ours = load_frontend(path).preprocess(img)
+    ref = ip(images=img, return_tensors="np")["pixel_values"][0]
+    assert ours.tiles.shape == ref.shape and ours.tiles.shape[0] == 5
+    np.testing.assert_allclose(ours.tiles, ref, atol=1e-6, rtol=0)
