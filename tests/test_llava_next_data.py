@@ -184,6 +184,7 @@ def test_bdhs_keep_masks_cover_variable_image_tokens(setup):
     """BDHS (spec §2.2, rho_th = 0.99) on an AnyRes model: each record's keep-mask covers exactly its own
     (size-dependent) image tokens, newline tokens included, and hides almost all of them."""
     from data_fixtures import sft_record
+
     from jax_align.generate import Generator
     from jax_align.recipes.bdhs import BDHSConfig, run_bdhs
 
