@@ -49,7 +49,9 @@ def test_auto_rule():
 
 def test_scan_equals_unrolled_logits_and_grads():
     cfg = _cfg()
-    unrolled, scanned = _pair(cfg, remat="dots")  # the remat policy wraps each scanned layer
+    # the remat policy wraps each scanned layer; the scanned model also takes the blockwise attention path
+    unrolled = LlavaModel(cfg, rngs=nnx.Rngs(0), scan_layers=False, remat="dots", attention="reference")
+    scanned = LlavaModel(cfg, rngs=nnx.Rngs(0), scan_layers=True, remat="dots", attention="blockwise")
     stacks = {("language_model", "layers"), ("vision_tower", "encoder", "layers")}
     assert set(stacked_prefixes(nnx.state(scanned))) == stacks
     ids, seg, pre = _batch()
