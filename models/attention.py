@@ -178,7 +178,7 @@ def _splash_unavailable(q, k, simple: bool, cached: bool):
     return None
 
 
-def _splash(q, k, v, info: MaskInfo, window, scale):
+def _splash(q, k, v, info: MaskInfo, window, scale, interpret: bool = False):
     from jax.experimental.pallas.ops.tpu import splash_attention as sa
 
     b, t, h, d = q.shape
@@ -188,7 +188,7 @@ def _splash(q, k, v, info: MaskInfo, window, scale):
         one = sa.CausalMask((t, s))
     else:
         one = sa.LocalMask((t, s), (window - 1, 0), offset=0)
-    kernel = sa.make_splash_mqa_single_device(sa.MultiHeadMask([one] * g))
+    kernel = sa.make_splash_mqa_single_device(sa.MultiHeadMask([one] * g), interpret=interpret)
     qh = (q * jnp.asarray(scale, q.dtype)).reshape(b, t, kv, g, d).transpose(0, 2, 3, 1, 4)  # [B, KV, G, T, D]
     kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KV, S, D]
 
