@@ -31,11 +31,13 @@ the mask does not allow them.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from .attention_blockwise import blockwise_attention
 
@@ -179,6 +181,24 @@ def _splash_unavailable(q, k, simple: bool, cached: bool):
 
 
 def _splash(q, k, v, info: MaskInfo, window, scale, interpret: bool = False):
+    """Splash on a mesh: a ``shard_map`` over batch and (consistently grouped) heads, never over the length."""
+    from jax_align.sharding import active_rules, current_mesh, spec_for
+
+    local = functools.partial(_splash_local, window=window, scale=scale, interpret=interpret)
+    mesh = current_mesh()
+    if mesh is None or mesh.size == 1:
+        return local(q, k, v, info.q_seg, info.k_seg)
+    rules = active_rules()
+    qs = list(spec_for(("batch", None, "heads", None), q.shape, mesh, rules))
+    ks = list(spec_for(("batch", None, "kv_heads", None), k.shape, mesh, rules))
+    if qs[2] != ks[2]:  # query heads must stay grouped with their KV head on every shard
+        qs[2] = ks[2] = None
+    qs, ks, segs = P(*qs), P(*ks), P(qs[0], None)
+    return jax.shard_map(local, mesh=mesh, in_specs=(qs, ks, ks, segs, segs), out_specs=qs,
+                         check_vma=False)(q, k, v, info.q_seg, info.k_seg)
+
+
+def _splash_local(q, k, v, q_seg, k_seg, *, window, scale, interpret):
     from jax.experimental.pallas.ops.tpu import splash_attention as sa
 
     b, t, h, d = q.shape
@@ -196,5 +216,5 @@ def _splash(q, k, v, info: MaskInfo, window, scale, interpret: bool = False):
         seg = sa.SegmentIds(q=qs, kv=ks)
         return jax.vmap(lambda a, bb, c: kernel(a, bb, c, segment_ids=seg))(qr, kr, vr)
 
-    out = jax.vmap(one_row)(qh, kh, vh, info.q_seg, info.k_seg)  # [B, KV, G, T, D]
+    out = jax.vmap(one_row)(qh, kh, vh, q_seg, k_seg)  # [B, KV, G, T, D]
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d).astype(q.dtype)

@@ -72,6 +72,19 @@ SCRIPT = textwrap.dedent("""
     n = hlo.count("sharding_constraint") + hlo.count("@Sharding")  # Shardy or GSPMD lowering
     assert n >= 4, n
     assert float(jnp.abs(out - plain).max()) < 1e-5
+
+    # the splash wrapper under the mesh: a shard_map over batch and heads (Pallas interpret mode on CPU)
+    from jax_align.models import attention as attn
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.normal(size=(2, 128, 4, 128)), jnp.float32)
+    k, v = (jnp.asarray(rng.normal(size=(2, 128, 2, 128)), jnp.float32) for _ in range(2))
+    seg = np.ones((2, 128), np.int32)
+    seg[1, 60:] = 2
+    info = attn.MaskInfo.build(jnp.asarray(seg), jnp.asarray(seg), jnp.arange(128), jnp.asarray(seg), jnp.arange(128))
+    ref = attn.attend(q, k, v, info, window=16, implementation="reference")
+    with jax.set_mesh(mesh):
+        out = jax.jit(lambda q, k, v, info: attn._splash(q, k, v, info, 16, 128 ** -0.5, interpret=True))(q, k, v, info)
+    assert float(jnp.abs(out - ref).max()) < 1e-5
     print("OK")
 """)
 
