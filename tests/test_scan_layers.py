@@ -162,3 +162,20 @@ def test_scanned_blockwise_model_matches_transformers(family, tmp_path):
     ids, px, mask = random_inputs(cfg)
     ref = torch_logits(model, ids, px, mask)
     assert np.abs(np.asarray(forward(params, ids, px, mask)) - ref).max() < 1e-4
+    # greedy KV-cached decoding through the scanned layers (stacked cache, sliding window) equals generate()
+    import torch
+
+    from jax_align.sampling import Sampler, SamplingParams
+
+    graphdef, params = load_hf_params(path, cfg, scan_layers=True, attention="blockwise")
+    ids, px, _ = random_inputs(cfg, batch=2, length=30, pad_right=(0,), seed=2)
+    mask = np.ones_like(ids)
+    ids[1] = np.concatenate([np.zeros(4, ids.dtype), ids[1, :-4]])  # left padding
+    mask[1, :4] = 0
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                             pixel_values=torch.tensor(px), max_new_tokens=8, do_sample=False, pad_token_id=0,
+                             eos_token_id=None)
+    toks, _, _ = Sampler(graphdef, params)(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(px), jax.random.key(0),
+                                           SamplingParams(max_new_tokens=8))
+    np.testing.assert_array_equal(np.asarray(toks), out[:, ids.shape[1]:].numpy())
