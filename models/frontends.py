@@ -285,56 +285,32 @@ class AnyResFrontend:
         return ProcessedImage(out, (int(height), int(width)), plan[0].shape[0], plan, self.side * self.side)
 
     # -- batches ----------------------------------------------------------------------------------
+    def _processed(self, item) -> ProcessedImage:
+        """A :class:`ProcessedImage`, or ``(tiles, (height, width))`` made into one (plan included)."""
+        if isinstance(item, ProcessedImage):
+            return item
+        tiles, (h, w) = item
+        plan = self.plan(int(h), int(w))
+        return ProcessedImage(np.asarray(tiles, np.float32), (int(h), int(w)), plan[0].shape[0], plan,
+                              self.side * self.side)
+
     def batch(self, images, *, max_tiles: int | None = None, max_tokens: int | None = None):
         """Batch-major :class:`~.anyres.AnyResImages` for ``images`` (a list of :class:`ProcessedImage`, or of
         ``(tiles, (height, width))``): tiles padded to ``max_tiles``, the plan to ``max_tokens`` tokens."""
-        items = [(im.tiles, im.size) if isinstance(im, ProcessedImage) else im for im in images]
-        t = max_tiles or max(x.shape[0] for x, _ in items)
-        return self._stack([items], t, max_tokens, row_wise=False)
+        items = [self._processed(im) for im in images]
+        t = max_tiles or max(im.tiles.shape[0] for im in items)
+        m = max_tokens if max_tokens is not None else sum(im.num_tokens for im in items)
+        out = stack_row_images([items], max_images=max(len(items), 1), max_tiles=t, max_tokens=m,
+                               tile_shape=(3, self.tile, self.tile), taps=self.taps)
+        return anyres.AnyResImages(out["pixel_values"][0], out["image_index"][0], out["image_weight"][0],
+                                   out["image_newline"][0])
 
     def rows(self, rows, *, max_images: int, max_tiles: int | None = None, max_tokens: int):
         """Row-wise :class:`~.anyres.AnyResImages`: ``rows[b]`` lists the images of row b in token order."""
-        items = [[(im.tiles, im.size) if isinstance(im, ProcessedImage) else im for im in r] for r in rows]
-        t = max_tiles or max([x.shape[0] for r in items for x, _ in r] or [1])
-        return self._stack(items, t, max_tokens, row_wise=True, max_images=max_images)
-
-    def _stack(self, groups, t, max_tokens, *, row_wise, max_images=None):
-        c, h, w = 3, self.tile, self.tile
-        for g in groups:
-            for x, _ in g:
-                c = x.shape[1]
-        n = max_images if row_wise else max(len(groups[0]), 1)
-        per_image = t * self.side * self.side
-        plans = []
-        for g in groups:
-            idx, wt, nl = [], [], []
-            for i, (x, (hh, ww)) in enumerate(g):
-                if x.shape[0] > t:
-                    raise ValueError(f"an image of {x.shape[0]} tiles does not fit a batch of {t} tiles")
-                a, b, d = self.plan(hh, ww)
-                idx.append(a + i * per_image)
-                wt.append(b)
-                nl.append(d)
-            cat = (np.concatenate(idx) if idx else np.zeros((0, self.taps), np.int32),
-                   np.concatenate(wt) if wt else np.zeros((0, self.taps), np.float32),
-                   np.concatenate(nl) if nl else np.zeros((0,), np.float32))
-            plans.append(cat)
-        m = max_tokens if max_tokens is not None else max(p[0].shape[0] for p in plans)
-        tiles = np.zeros((len(groups), n, t, c, h, w), np.float32)
-        index = np.zeros((len(groups), m, self.taps), np.int32)
-        weight = np.zeros((len(groups), m, self.taps), np.float32)
-        newline = np.zeros((len(groups), m), np.float32)
-        for r, (g, (a, b, d)) in enumerate(zip(groups, plans, strict=True)):
-            if len(g) > n:
-                raise ValueError(f"{len(g)} images do not fit {n} image slots")
-            if a.shape[0] > m:
-                raise ValueError(f"{a.shape[0]} image tokens do not fit {m}")
-            for i, (x, _) in enumerate(g):
-                tiles[r, i, :x.shape[0]] = x
-            index[r, :a.shape[0]], weight[r, :a.shape[0]], newline[r, :a.shape[0]] = a, b, d
-        if row_wise:
-            return anyres.AnyResImages(tiles, index, weight, newline)
-        return anyres.AnyResImages(tiles[0], index[0], weight[0], newline[0])
+        items = [[self._processed(im) for im in r] for r in rows]
+        t = max_tiles or self.max_tiles
+        return anyres.batch_images(stack_row_images(items, max_images=max_images, max_tiles=t, max_tokens=max_tokens,
+                                                    tile_shape=(3, self.tile, self.tile), taps=self.taps))
 
 
 def frontend_for(cfg: LlavaConfig, processor: dict | None = None, *, aspect_ratio: str | None = None):
