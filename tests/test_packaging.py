@@ -1,23 +1,28 @@
 """The built wheel holds every module and package-data file, and its ``jax-align train`` runs outside the tree.
 
-The wheel is built from a copy of the sources (so a stale ``build/`` cannot leak files into it), installed with
-``--no-deps`` into a fresh venv whose only view of the project's dependencies is a ``.pth`` line naming this
-venv's site-packages (a plain path line: the editable install's finder, which maps ``jax_align`` back to the
-source tree, is not loaded), and run from a temporary directory with no ``PYTHONPATH``.
+The wheel is built from a copy of the sources (so a stale ``build/`` cannot leak files into it) and installed with
+``--no-deps`` into a fresh venv. Its dependencies come from this venv without reinstalling them: a directory of
+symlinks to the files of exactly the distributions the wheel's ``Requires-Dist`` pulls in (transitively), named
+by a ``.pth`` line, so an undeclared dependency fails the test, and so does any module missing from the wheel
+(the editable install's finder, which maps ``jax_align`` back to the source tree, is not in that view). It runs
+from a temporary directory with no ``PYTHONPATH``.
 """
 
 from __future__ import annotations
 
+import email
+import importlib.metadata as md
 import json
 import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 # source directory -> where its files land in the wheel
@@ -77,6 +82,45 @@ def _package_dirs_without_init(src: Path) -> list[str]:
     return sorted(bad)
 
 
+def _dependency_closure(wheel: Path) -> tuple[list[md.Distribution], list[str]]:
+    """The installed distributions that the wheel's requirements (no extras) pull in; and those not installed."""
+    with zipfile.ZipFile(wheel) as z:
+        meta = email.message_from_bytes(z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))))
+    todo = [(Requirement(r), "") for r in meta.get_all("Requires-Dist") or []]
+    found: dict[str, md.Distribution] = {}
+    missing = []
+    while todo:
+        req, extra = todo.pop()
+        if req.marker is not None and not req.marker.evaluate({"extra": extra}):
+            continue
+        name = canonicalize_name(req.name)
+        try:
+            dist = md.distribution(name)
+        except md.PackageNotFoundError:
+            missing.append(str(req))
+            continue
+        first = name not in found
+        found[name] = dist
+        for e in ("", *req.extras) if first else req.extras:
+            todo.extend((Requirement(r), e) for r in dist.requires or [])
+    return list(found.values()), missing
+
+
+def _link_distributions(dists: list[md.Distribution], dst: Path) -> None:
+    """A site directory holding symlinks to every file of ``dists`` (namespace packages merge naturally)."""
+    for dist in dists:
+        for f in dist.files or []:
+            if f.parts[0] == "..":
+                continue  # scripts and data outside site-packages
+            src = Path(dist.locate_file(f))
+            if not src.exists():
+                continue
+            target = dst / f
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                target.symlink_to(src)
+
+
 def test_every_module_directory_is_a_package():
     assert _package_dirs_without_init(ROOT) == []
 
@@ -96,13 +140,19 @@ def test_wheel_installs_and_trains_outside_the_source_tree(tmp_path):
     wheel = _build_wheel(src, tmp_path / "dist")
     assert _missing_from_wheel(src, wheel) == []
 
-    # A fresh venv (no pip, no site packages) that sees this venv's dependencies through a plain .pth path line.
+    # A fresh venv (no pip, no site packages) that sees the wheel's declared dependencies, and nothing else of
+    # this venv, through a plain .pth path line to a directory of symlinks.
+    dists, missing = _dependency_closure(wheel)
+    assert not missing, f"declared dependencies not installed in this venv: {missing}"
+    assert "jax-align" not in {canonicalize_name(d.metadata["Name"]) for d in dists}
+    deps = tmp_path / "deps"
+    _link_distributions(dists, deps)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     py = venv / "bin" / "python"
     site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
-    (site / "_jax_align_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    (site / "_jax_align_test_deps.pth").write_text(f"{deps}\n")
     proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index",
                            "-q", str(wheel)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
