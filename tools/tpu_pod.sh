@@ -110,7 +110,7 @@ fi
 # 2. Install the package on every worker (a wheel built here and copied, or pip from a path they see).
 on_workers all "mkdir -p $(q "$remote_dir")"
 if [[ -n "$pip_path" ]]; then
-  on_workers all "python3 -m pip install --upgrade $(q "$pip_path[tpu]")"
+  on_workers all "python3 -m pip install --upgrade $(q "${pip_path}[tpu]")"
 else
   if [[ -z "$wheel" ]]; then
     version_of_pkg="$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/pyproject.toml" | head -n 1)"
