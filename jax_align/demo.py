@@ -98,6 +98,7 @@ class Demo:
     def _train(self, name: str, stage: str, data: str, steps: int, lr: float, **extra) -> str:
         from jax_align.train.config import load_config
         from jax_align.train.trainer import Trainer
+        from jax_align.world.train_inputs import resolve_world_inputs
 
         p = self.plan
         overrides = {
@@ -106,10 +107,11 @@ class Demo:
             "data.batch_size": extra.pop("batch", p.batch_size),
             "train.steps": steps, "optim.lr": lr, "optim.schedule": "cosine",
             "optim.warmup_steps": max(1, steps // 20), "checkpoint.every": steps, "checkpoint.keep": 1,
-            "train.progress": True, **extra,
+            "train.progress": True, "data.allow_absolute_paths": True,  # data files point into the world dirs
+            **extra,
         }
         cfg = load_config(None, [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items()])
-        Trainer(cfg).run()
+        Trainer(resolve_world_inputs(cfg)).run()
         return self._path("runs", name, "model")
 
     def _export(self, name: str, run_model: str) -> str:

@@ -30,8 +30,11 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from jax_align.preference import is_better, order_levels
+
 __all__ = [
     "DPO_LOSS_TYPES",
+    "TRL_LOSS_TYPES",
     "dpo_loss",
     "reward_margin_beta",
     "batch_implicit_beta",
@@ -42,7 +45,8 @@ __all__ = [
     "mmrlhf_to_trl_label_smoothing",
 ]
 
-DPO_LOSS_TYPES: tuple[str, ...] = (
+# TRL 1.16's loss types (parity-tested against TRL), then older ones the seed forks carry (spec §0).
+TRL_LOSS_TYPES: tuple[str, ...] = (
     "sigmoid",
     "hinge",
     "ipo",
@@ -59,6 +63,7 @@ DPO_LOSS_TYPES: tuple[str, ...] = (
     "sft",
     "sigmoid_norm",
 )
+DPO_LOSS_TYPES: tuple[str, ...] = TRL_LOSS_TYPES + ("kto_pair",)
 
 _F32 = jnp.float32
 _log_sigmoid = jax.nn.log_sigmoid
@@ -158,6 +163,10 @@ def dpo_loss(
                     ``-sum(chosen_logps) / sum(Lc)``; here ``losses[i] = -chosen_logps[i] / mean(Lc)``, whose
                     batch mean (and gradient) equal TRL's. Without lengths: ``-chosen_logps`` as given.
     sigmoid_norm    ``-log s(b h')`` with ``h'`` as for ipo
+    kto_pair        HALOs eq. (7) as older TRL (<= 0.8) and the seed forks carry it (spec §0): with batch means
+                    ``KL_c = max(mean(c), 0)``, ``KL_r = max(mean(r), 0)`` (not detached, as there),
+                    ``0.5 (1 - s(b (c - KL_r))) + 0.5 (1 - s(b (KL_c - r)))``; the batch mean equals the mean
+                    of TRL's concatenated ``[2B]`` losses. Absent from TRL 1.16.
     ==============  =====================================================================================
 
     Args:
@@ -257,6 +266,9 @@ def dpo_loss(
             else:
                 mean_len = jnp.mean(len_c)
                 per = jnp.where(mean_len > 0, -chosen / jnp.where(mean_len > 0, mean_len, 1.0), 0.0)
+        elif name == "kto_pair":
+            kl_c, kl_r = jnp.maximum(jnp.mean(c), 0.0), jnp.maximum(jnp.mean(r), 0.0)
+            per = 0.5 * (1.0 - _sigmoid(b * (c - kl_r))) + 0.5 * (1.0 - _sigmoid(b * (kl_c - r)))
         else:  # sigmoid_norm
             hn = _length_normalized(c, len_c) - _length_normalized(r, len_r)
             per = -_log_sigmoid(b * hn)
@@ -373,9 +385,10 @@ def enumerate_pairs(
 ) -> jax.Array:
     """Which ``(better i, worse j)`` pairs of a ranked list are trained on (spec §0 primitive 3, §6.2).
 
-    Columns hold responses ordered best to worst. ``levels`` (higher = better, e.g. scores or rank levels)
-    makes ties explicit: two responses with equal levels never form a pair, and the better side of a pair is
-    the one with the strictly higher level. Without ``levels`` every column is its own level (column order).
+    Columns hold responses ordered best to worst. ``levels`` (:mod:`jax_align.preference`: quality levels,
+    higher = better, as the data pipeline writes them; raw scores work too) makes ties explicit: two responses
+    with equal levels never form a pair, and the better side of a pair is the one with the strictly higher level.
+    Without ``levels`` every column is its own level (column order).
     Responses with ``mask = False`` (groups with fewer than ``K`` responses) take part in no pair.
 
     Pair sets, on the *dense level ranks* of the present responses (0 = best present level):
@@ -398,7 +411,7 @@ def enumerate_pairs(
         raise ValueError(f"enumerate_pairs: pairs must be 'all', 'adjacent' or 'best_vs_rest', got {pairs!r}")
     k = num_responses
     if levels is None:
-        lev = -jnp.arange(k, dtype=_F32)
+        lev = jnp.asarray(order_levels(k), _F32)
     else:
         lev = jnp.asarray(levels, _F32)
     valid = jnp.ones(lev.shape, bool) if mask is None else jnp.asarray(mask, bool)
@@ -413,8 +426,7 @@ def enumerate_pairs(
     above = lev[..., None, :] > lev[..., :, None]  # [i, j]: level_j > level_i
     rank = jnp.sum(above & first[..., None, :], axis=-1)
     both = valid[..., :, None] & valid[..., None, :]
-    better = lev[..., :, None] > lev[..., None, :]
-    used = both & better
+    used = both & is_better(lev[..., :, None], lev[..., None, :])
     if pairs == "adjacent":
         used = used & (rank[..., None, :] == rank[..., :, None] + 1)
     elif pairs == "best_vs_rest":
@@ -452,7 +464,8 @@ def mdpo_loss(
       penalty: coefficient of ``-D_0`` (1.0 in AMP).
       pairs: ``"all"`` | ``"adjacent"`` | ``"best_vs_rest"``, see :func:`enumerate_pairs`.
       mask: optional ``[B, K]`` bool, False for absent responses (groups with fewer than ``K``).
-      levels: optional ``[B, K]`` levels/scores, higher = better; equal levels (ties) make no pair.
+      levels: optional ``[B, K]`` quality levels (:mod:`jax_align.preference`: higher = better); equal
+        levels (ties) make no pair.
 
     Returns:
       ``(losses [B], metrics)``. Metrics are averaged over all used pairs of the batch with TRL's names

@@ -100,7 +100,8 @@ def ranked_bradley_terry_loss(
 
     Args:
       rewards: ``[B, K]`` rewards of the candidates.
-      levels: ``[B, K]`` human scores (higher = better). ``None``: columns ordered best to worst.
+      levels: ``[B, K]`` quality levels (:mod:`jax_align.preference`: higher = better; raw scores work too).
+        ``None``: columns ordered best to worst.
       mask: optional ``[B, K]`` bool for groups with fewer than ``K`` candidates.
       pairs: pair set, see :func:`jax_align.losses.enumerate_pairs`.
       center_rewards_coefficient: optional centering coefficient.

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from jax_align.recipes.critic_data import critic_sft_file, critic_target, parse_critic_scores
+from jax_align.data.critic_text import critic_sft_file, critic_target, parse_critic_scores
 
 
 def test_target_and_anchored_parse():
@@ -40,10 +40,11 @@ def test_critic_sft_file_from_world(tmp_path):
 def test_critic_stage_trains(tmp_path):
     from jax_align.train.config import load_config
     from jax_align.train.trainer import Trainer
+    from jax_align.world.train_inputs import resolve_world_inputs
 
     cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "tiny_sft.yaml"),
                       [f"run.dir={tmp_path / 'critic'}", "run.stage=critic", "train.steps=3", "train.progress=false",
                        "data.world={seed: 1, n: 4}", "data.max_length=256"])
-    summary = Trainer(cfg).run()
+    summary = Trainer(resolve_world_inputs(cfg)).run()
     assert summary["stage"] == "critic" and summary["loss"] > 0
     assert os.path.isfile(tmp_path / "critic" / "critic_sft.jsonl")

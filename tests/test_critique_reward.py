@@ -21,10 +21,14 @@ from jax_align.data.records import parse_record
 from jax_align.data.tokenize import ChatTokenizer
 from jax_align.presets import tiny_world_model_dir
 from jax_align.train.config import load_config
-from jax_align.train.steps import StepSpec, critique_reward_loss, response_logps, response_rewards
+from jax_align.train.forward import response_logps, response_rewards
+from jax_align.train.stage_losses import LossContext, critique_reward_stage_loss
+from jax_align.train.stages import STAGES
+from jax_align.train.steps import StepSpec
 from jax_align.train.trainer import Trainer
 from jax_align.world.critiques import caption_critique, critique_pairs
 from jax_align.world.datasets import write_world
+from jax_align.world.train_inputs import resolve_world_inputs
 
 
 @pytest.fixture(scope="module")
@@ -98,15 +102,16 @@ def test_prefix_shared_equals_naive_for_critique_batches(setup):
     naive, shared = _batch(pairs, model_dir, "naive", g), _batch(pairs, model_dir, "prefix_shared", g)
     assert shared["pixel_values"].shape[0] == g and naive["pixel_values"].shape[0] == 2 * g
     assert shared["critique_mask"].all() and shared["critique_mask"].shape == (g, 2)
-    spec = StepSpec(stage="critique_reward", groups=g, responses=2, token_chunk=64, beta=0.1, loss_type="sigmoid",
-                    loss_weights=None, label_smoothing=0.0, penalty=1.0, pairs="all", margin_w=0.5, margin_k=0.5,
-                    sft_weight=0.0, reward_margin=False, center_rewards=0.01, cached_ref=False)
-    head = jax.random.normal(jax.random.key(0), (config.text.hidden_size,))
+    stage = STAGES["critique_reward"]
+    spec = StepSpec(stage=stage.name, loss=stage.loss, groups=g, responses=2, token_chunk=64, center_rewards=0.01)
+    head = {"w": jax.random.normal(jax.random.key(0), (config.text.hidden_size,))}
     j = lambda b: jax.tree.map(np.asarray, b)
-    for fn in (lambda b: response_logps(model, j(b), spec)[0], lambda b: response_rewards(model, head, j(b))):
+    for fn in (lambda b: response_logps(model, j(b), groups=g, responses=2, token_chunk=64)[0],
+               lambda b: response_rewards(model, head, j(b))):
         np.testing.assert_allclose(np.asarray(fn(naive)), np.asarray(fn(shared)), atol=1e-4, rtol=1e-5)
-    (l1, m1), (l2, _) = critique_reward_loss(model, head, j(naive), spec), critique_reward_loss(
-        model, head, j(shared), spec)
+    ctx = LossContext(model=model, head=head)
+    (l1, m1), (l2, _) = critique_reward_stage_loss(ctx, j(naive), spec), critique_reward_stage_loss(
+        ctx, j(shared), spec)
     np.testing.assert_allclose(float(l1), float(l2), rtol=1e-5)
     assert float(m1["loss/critique"]) > 1.0  # the critique NLL of a random model is large and is in the loss
 
@@ -118,13 +123,13 @@ def test_critique_reward_stage_learns_and_scores(setup, tmp_path):
                       [f"run.dir={run}", "data.world={}", f"data.train={pairs}",
                        f"model.tokenizer={os.path.join(world, 'tokenizer')}", "train.steps=60",
                        "train.progress=false", "checkpoint.every=100"])
-    Trainer(cfg).run()
+    Trainer(resolve_world_inputs(cfg)).run()
     with open(os.path.join(run, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     assert len(rows) == 60
     assert rows[-1]["loss/critique"] < 0.5 * rows[0]["loss/critique"]
     assert np.mean([r["accuracy"] for r in rows[-4:]]) == 1.0 and rows[-1]["loss/bt"] < rows[0]["loss/bt"]
-    assert os.path.isfile(os.path.join(run, "model", "reward_head.npy"))
+    assert os.path.isfile(os.path.join(run, "model", "reward_head.npz"))
 
     from jax_align.recipes.reward_scoring import score_pairs, score_pairs_with_critiques
 

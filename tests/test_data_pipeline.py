@@ -213,7 +213,7 @@ def test_ranked_groups_pad_to_k_with_response_mask(world):
         [True, True, True, False],
         [True, True, True, True],
     ]
-    assert first["levels"][0].tolist() == [0, 1, -1, -1]
+    assert first["levels"][0].tolist() == [1, 0, -1, -1]
     for g in range(3):
         ks = set(first["response_ids"][first["group_ids"] == g].tolist())
         assert ks == set(np.flatnonzero(first["response_mask"][g]).tolist())

@@ -138,9 +138,9 @@ def test_ranked_native_sorted_by_scores_with_ties():
     )
     assert [r[0].content for r in g.responses] == ["best", "mid", "mid2", "worst"]
     assert g.scores == (3.0, 2.0, 2.0, 1.0)
-    assert g.levels() == (0, 1, 1, 2)
+    assert g.levels() == (2, 1, 1, 0)  # quality levels: higher = better (jax_align.preference)
     g2 = _ok({"prompt": "q", "images": ["i.png"], "responses": ["a", "b", "c"]}, "ranked")
-    assert g2.scores is None and g2.levels() == (0, 1, 2)
+    assert g2.scores is None and g2.levels() == (2, 1, 0)
 
 
 def test_amp_and_eaco_adapters():

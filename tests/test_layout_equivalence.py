@@ -13,7 +13,7 @@ from jax_align.models import LlavaConfig, LlavaModel
 
 from jax_align.data.pipeline import DataConfig, DataPipeline
 from jax_align.presets import tiny_world_model_dir
-from jax_align.train.steps import StepSpec, response_logps
+from jax_align.train.forward import response_logps
 from jax_align.world.datasets import write_world
 from jax_align.world.preferences import pairs_from_scored, ranked_from_scored
 
@@ -44,12 +44,9 @@ def test_naive_equals_prefix_shared(setup, fname, fmt, k):
     shared = _batch(world, model_dir, fname, fmt, "prefix_shared", g, k)
     assert naive["pixel_values"].shape[0] == g * k and shared["pixel_values"].shape[0] == g  # images encoded once
     np.testing.assert_array_equal(naive["response_mask"], shared["response_mask"])
-    spec = StepSpec(stage="dpo", groups=g, responses=k, token_chunk=64, beta=0.1, loss_type="sigmoid",
-                    loss_weights=None, label_smoothing=0.0, penalty=1.0, pairs="all", margin_w=0.5, margin_k=0.5,
-                    sft_weight=0.0, reward_margin=False, center_rewards=0.0, cached_ref=False)
     to_jax = lambda b: jax.tree.map(np.asarray, b)
-    lp_naive, n_naive = response_logps(model, to_jax(naive), spec)
-    lp_shared, n_shared = response_logps(model, to_jax(shared), spec)
+    lp_naive, n_naive = response_logps(model, to_jax(naive), groups=g, responses=k, token_chunk=64)
+    lp_shared, n_shared = response_logps(model, to_jax(shared), groups=g, responses=k, token_chunk=64)
     np.testing.assert_array_equal(np.asarray(n_naive), np.asarray(n_shared))
     assert (np.asarray(n_shared)[shared["response_mask"]] > 0).all()
     np.testing.assert_allclose(np.asarray(lp_naive), np.asarray(lp_shared), atol=1e-5, rtol=1e-6)

@@ -35,6 +35,7 @@ from trl.trainer.dpo_trainer import DPOTrainer
 
 from jax_align.losses import (
     DPO_LOSS_TYPES,
+    TRL_LOSS_TYPES,
     avg_dpo,
     batch_implicit_beta,
     dpo_loss,
@@ -191,10 +192,33 @@ def _assert_matches_trl(args, *, beta, loss_types, loss_weights, eps, **extra):
         np.testing.assert_allclose(ours[3][name], ref[3][name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-@pytest.mark.parametrize("loss_type", DPO_LOSS_TYPES)
+@pytest.mark.parametrize("loss_type", TRL_LOSS_TYPES)
 def test_every_loss_type_matches_trl(loss_type):
-    args = random_pairs(seed=DPO_LOSS_TYPES.index(loss_type))
+    args = random_pairs(seed=TRL_LOSS_TYPES.index(loss_type))
     _assert_matches_trl(args, beta=0.1, loss_types=[loss_type], loss_weights=[1.0], eps=PARITY_EPS[loss_type])
+
+
+def test_kto_pair_matches_older_trl_formula():
+    """kto_pair as TRL <= 0.8 computed it (HALOs eq. 7, batch-mean KL clamped at 0, losses concatenated)."""
+    chosen, rejected, ref_c, ref_r, _, _ = random_pairs(seed=5)
+    beta = 0.3
+
+    def torch_kto(c_lp, r_lp):
+        c, r = c_lp - torch.tensor(ref_c), r_lp - torch.tensor(ref_r)
+        kl_c, kl_r = c.mean().clamp(min=0), r.mean().clamp(min=0)
+        return torch.cat((1 - torch.sigmoid(beta * (c - kl_r)), 1 - torch.sigmoid(beta * (kl_c - r)))).mean()
+
+    tc, tr = torch.tensor(chosen, requires_grad=True), torch.tensor(rejected, requires_grad=True)
+    expect = torch_kto(tc, tr)
+    expect.backward()
+
+    def ours(c, r):
+        return jnp.mean(dpo_loss(c, r, ref_c, ref_r, beta=beta, loss_type="kto_pair")[0])
+
+    got, (gc, gr) = jax.value_and_grad(ours, argnums=(0, 1))(jnp.asarray(chosen), jnp.asarray(rejected))
+    np.testing.assert_allclose(float(got), expect.item(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(gc), tc.grad.numpy(), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(gr), tr.grad.numpy(), rtol=1e-4, atol=1e-7)
 
 
 def test_discopop_tau_matches_trl():

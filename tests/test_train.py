@@ -15,6 +15,7 @@ import pytest
 
 from jax_align.train.config import ConfigError, describe, load_config
 from jax_align.train.trainer import Trainer
+from jax_align.world.train_inputs import resolve_world_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = [sys.executable, "-m", "jax_align.cli.main"]
@@ -52,7 +53,7 @@ def _cfg(world, run_dir, stage, data, *overrides):
     base = [f"run.dir={run_dir}", f"run.stage={stage}", "model.init=tiny-world",
             f"model.tokenizer={os.path.join(world, 'tokenizer')}", f"data.train={os.path.join(world, data)}",
             "data.max_length=160", "train.progress=false", "checkpoint.every=1000", "optim.schedule=constant"]
-    return load_config(None, base + list(overrides))
+    return resolve_world_inputs(load_config(None, base + list(overrides)))
 
 
 def test_sft_loss_falls(world, tmp_path):
@@ -113,16 +114,28 @@ def test_kill_and_resume_reproduces_run(tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_non_finite_loss_stops_and_keeps_checkpoint(world, tmp_path):
-    run = str(tmp_path / "nan")
-    Trainer(_cfg(world, run, "dpo", "pairs.jsonl", "train.steps=2", "checkpoint.every=2",
-                 "data.batch_size=4")).run()
+def test_non_finite_loss_names_a_good_checkpoint_that_resumes(world, tmp_path):
+    """A diverging run (lr 1e5: the gradient norm is NaN at step 3) stops naming the newest checkpoint whose
+    parameters gave a finite loss (step N's loss comes from checkpoint N-1, so that one is not named) and keeps
+    every checkpoint; resuming from the named one with a lower learning rate trains on with finite losses."""
+    import re
+
     from jax_align.train.trainer import TrainingDiverged
 
-    with pytest.raises(TrainingDiverged, match="last good checkpoint is step 2"):
-        Trainer(_cfg(world, run, "dpo", "pairs.jsonl", "train.steps=4", "checkpoint.every=1",
-                     "data.batch_size=4", "loss.beta=.nan")).run()
-    assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["2"]
+    run = str(tmp_path / "nan")
+    common = ["checkpoint.every=1", "checkpoint.keep=8", "data.batch_size=4"]
+    with pytest.raises(TrainingDiverged) as err:
+        Trainer(_cfg(world, run, "dpo", "pairs.jsonl", "train.steps=8", "optim.lr=1e5", *common)).run()
+    bad = int(re.match(r"step (\d+):", str(err.value)).group(1))
+    good = int(re.search(r"checkpoint.resume=(\d+)", str(err.value)).group(1))
+    assert good <= bad - 2
+    kept = sorted(int(d) for d in os.listdir(os.path.join(run, "checkpoints")) if d.isdigit())
+    assert kept == list(range(1, bad)), kept  # nothing saved at or after the bad step, nothing deleted
+    summary = Trainer(_cfg(world, run, "dpo", "pairs.jsonl", f"train.steps={good + 3}", "optim.lr=1e-4",
+                           f"checkpoint.resume={good}", *common)).run()
+    assert summary["start_step"] == good
+    losses = [m["loss"] for m in _metrics(run) if m["step"] > good]
+    assert len(losses) >= 3 and all(np.isfinite(losses)), losses
 
 
 def test_sharded_training_equals_single_device(tmp_path):
@@ -162,7 +175,7 @@ def test_image_dropout_hides_whole_rows():
     import jax
     import jax.numpy as jnp
 
-    from jax_align.train.steps import image_dropout_mask
+    from jax_align.train.stage_losses import image_dropout_mask
 
     batch = {"input_ids": jnp.zeros((400, 7), jnp.int32)}
     keep = np.asarray(image_dropout_mask(batch, 0.25, jax.random.key(0)))

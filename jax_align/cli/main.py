@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("jax_align.cli.train", "train SFT, reward, critic and DPO-family models from a YAML config"),
     "prefs": ("jax_align.cli.prefs", "build preference data (BDHS, critic-scored pairs, multi-level)"),
     "generate": ("jax_align.cli.generate", "batched generation with the KV-cache sampler"),
+    "score": ("jax_align.cli.score", "per-response log-probs, implicit rewards and reward-model scores of a file"),
     "eval": ("jax_align.cli.eval", "hallucination and skill metrics on a synthetic world"),
 }
 
@@ -28,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="jax-align",
         description="Align vision-language models with preferences in JAX/Flax.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of its one-line summary")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -52,17 +55,22 @@ def _load(module_name: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from jax_align.cli.errors import debug_enabled, run_command
+
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
+    debug = debug_enabled(sys.argv[1:])  # --debug anywhere on the line: tracebacks instead of one-line errors
+    sys.argv = [a for a in sys.argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:])
+    args.debug = debug
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
     from jax_align.compile_cache import enable_compilation_cache
 
     enable_compilation_cache()  # persistent XLA cache: $JAX_ALIGN_CACHE_DIR (off disables), else ~/.cache/jax-align
-    return int(_load(args._module).run(args) or 0)
+    return run_command(args.command, _load(args._module).run, args, debug=debug)
 
 
 if __name__ == "__main__":

@@ -40,10 +40,15 @@ from jax_align.data.readers import RawRecord, open_records
 from jax_align.data.records import FORMATS, PreferenceGroup
 from jax_align.data.tokenize import LAYOUTS, ChatTokenizer, TokenizedGroup
 from jax_align.data.validate import RecordChecker
+from jax_align.preference import ABSENT
 
 log = logging.getLogger(__name__)
 
 ON_ERROR = ("strict", "skip")
+REQUIRED_FIELD_HELP = {
+    "margin": "missing field: MM-DPO's reward-margin beta needs each pair's reward margin (spec §4.3); write them "
+              "with `jax-align prefs margins`, or set loss.mmdpo_beta=fixed|batch_implicit",
+}
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,13 @@ class DataConfig:
     image_root: str | None = None
     split: str | None = None
     critique_prompt: bool = False
+    # on_error="skip" stops once more than this fraction of an epoch's records is bad (or none is good)
+    max_skip_fraction: float = 0.5
+    # image paths outside the data file's directory (absolute or ../): refused when False
+    allow_absolute_paths: bool = True
+    max_image_pixels: int | None = None  # image decode limits (None: ImageLimits.default())
+    max_image_aspect_ratio: float | None = None
+    required_fields: tuple[str, ...] = ()  # optional record fields the consumer cannot do without (mmdpo: margin)
 
     def __post_init__(self):
         if self.format not in FORMATS:
@@ -103,6 +115,19 @@ class DataConfig:
             raise ValueError(f"shard_index {self.shard_index} not in [0, {self.shard_count})")
         if self.batch_size <= 0:
             raise ValueError("data.batch_size must be positive")
+        if not 0.0 <= self.max_skip_fraction <= 1.0:
+            raise ValueError(f"data.max_skip_fraction must be in [0, 1], got {self.max_skip_fraction}")
+
+    @property
+    def image_limits(self):
+        from jax_align.data.images import ImageLimits
+
+        d = ImageLimits.default()
+        return ImageLimits(
+            max_pixels=d.max_pixels if self.max_image_pixels is None else int(self.max_image_pixels),
+            max_aspect_ratio=d.max_aspect_ratio if self.max_image_aspect_ratio is None
+            else float(self.max_image_aspect_ratio),
+        )
 
     @property
     def responses_per_group(self) -> int:
@@ -132,12 +157,13 @@ class PreparedGroup:
     tokens: TokenizedGroup
     pixel_values: np.ndarray  # float32 [n_images, C, H, W]; AnyRes: a tuple of frontends.ProcessedImage
     scores: np.ndarray  # float32 [K] (NaN: none)
-    levels: np.ndarray  # int32 [K] dense rank, 0 = best
+    levels: np.ndarray  # int32 [K] quality levels (jax_align.preference: higher = better; ABSENT padding)
     dimension_scores: np.ndarray | None  # float32 [K, D]
     margin: float
     reference_logps: np.ndarray  # float32 [K] (NaN: unknown)
     critique_mask: np.ndarray | None = None  # bool [K]: response k has a critique (critique_prompt data)
     is_tie: bool = False
+    source_order: np.ndarray | None = None  # int32 [K]: position of response k in its record (-1: padding)
     skipped_in_epoch: int = 0
     skipped_per_epoch: dict[str, int] = field(default_factory=dict)
 
@@ -178,6 +204,8 @@ class RecordProcessor:
             max_images=cfg.max_images,
             max_responses=cfg.responses_per_group,
             critique_prompt=cfg.critique_prompt,
+            allow_absolute_paths=cfg.allow_absolute_paths,
+            image_limits=cfg.image_limits,
         )
 
     def __call__(self, item: tuple[int, RawRecord]) -> PreparedGroup | Skipped:
@@ -186,6 +214,10 @@ class RecordProcessor:
         if not result.ok:
             return Skipped(epoch, tuple(result.problems))
         example, tokens = result.example, result.tokens
+        missing = [f for f in self.cfg.required_fields if getattr(example, f, None) is None]
+        if missing:
+            return Skipped(epoch, tuple(Problem(self.path, raw.number, f, REQUIRED_FIELD_HELP.get(f, "missing field"))
+                                        for f in missing))
         K = self.cfg.responses_per_group
         C = 3
         H, W = self.image_cfg.output_size
@@ -198,7 +230,9 @@ class RecordProcessor:
                 pixels[i] = preprocess_image(img, self.image_cfg)
         n = len(tokens.responses)
         scores = np.full((K,), np.nan, np.float32)
-        levels = np.full((K,), -1, np.int32)
+        levels = np.full((K,), ABSENT, np.int32)
+        source = np.full((K,), -1, np.int32)
+        source[: len(tokens.responses)] = np.arange(len(tokens.responses))
         refs = np.full((K,), np.nan, np.float32)
         dims = None
         margin = 0.0
@@ -221,6 +255,8 @@ class RecordProcessor:
             if example.reference_logps is not None:
                 refs[:n] = [np.nan if v is None else v for v in example.reference_logps]
             margin = 0.0 if example.margin is None else float(example.margin)
+            if example.source_order is not None:
+                source[:n] = example.source_order
         else:
             levels[:n] = 0
         if self.reference_logps is not None:
@@ -240,16 +276,42 @@ class RecordProcessor:
             reference_logps=refs,
             critique_mask=critiques,
             is_tie=is_tie,
+            source_order=source,
         )
 
 
 # --------------------------------------------------------------------------------------------- skip filter
+class TooManyBadRecords(DataError):
+    """``on_error="skip"`` gave up: too much of an epoch is bad (one line, naming the first bad record)."""
+
+
 class _SkipFilterIterator(grain.DatasetIterator):
-    def __init__(self, parent: grain.DatasetIterator, on_error: str):
+    def __init__(self, parent: grain.DatasetIterator, on_error: str, records_per_epoch: int = 0,
+                 max_skip_fraction: float = 1.0):
         super().__init__(parent)
         self._on_error = on_error
+        self._records_per_epoch = records_per_epoch
+        self._max_skip_fraction = max_skip_fraction
         self.skipped: dict[str, int] = {}
         self.first_problem: dict[str, str] = {}
+        self._first: dict[str, Problem] = {}
+        self._good: dict[str, int] = {}
+
+    def _give_up(self, key: str) -> None:
+        """Stop instead of skipping forever: more than ``max_skip_fraction`` of the epoch is bad, or all of it."""
+        n, bad = self._records_per_epoch, self.skipped[key]
+        if n <= 0:
+            return
+        if bad >= n:
+            why = f"all {n} records of epoch {key} are bad: no good record to train on"
+        elif bad > self._max_skip_fraction * n:
+            why = (f"{bad} bad and {self._good.get(key, 0)} good records so far of the {n} in epoch {key}: more "
+                   f"than data.max_skip_fraction={self._max_skip_fraction:g} of the epoch is bad")
+        else:
+            return
+        first = self._first[key]
+        raise TooManyBadRecords([Problem(first.path, first.record, first.field,
+                                         f"{first.message} [on_error=skip stopped: {why}]")])
 
     def __next__(self):
         while True:
@@ -260,7 +322,10 @@ class _SkipFilterIterator(grain.DatasetIterator):
                 key = str(element.epoch)
                 self.skipped[key] = self.skipped.get(key, 0) + 1
                 self.first_problem.setdefault(key, str(element.problems[0]))
+                self._first.setdefault(key, element.problems[0])
+                self._give_up(key)
                 continue
+            self._good[str(element.epoch)] = self._good.get(str(element.epoch), 0) + 1
             element.skipped_in_epoch = self.skipped.get(str(element.epoch), 0)
             element.skipped_per_epoch = dict(self.skipped)
             return element
@@ -274,13 +339,17 @@ class _SkipFilterIterator(grain.DatasetIterator):
 
 
 class _SkipFilterIterDataset(grain.IterDataset):
-    def __init__(self, parent: grain.IterDataset, on_error: str):
+    def __init__(self, parent: grain.IterDataset, on_error: str, records_per_epoch: int = 0,
+                 max_skip_fraction: float = 1.0):
         super().__init__(parent)
         self._on_error = on_error
+        self._records_per_epoch = records_per_epoch
+        self._max_skip_fraction = max_skip_fraction
         self.last_iterator: _SkipFilterIterator | None = None
 
     def __iter__(self) -> _SkipFilterIterator:
-        it = _SkipFilterIterator(self._parent.__iter__(), self._on_error)
+        it = _SkipFilterIterator(self._parent.__iter__(), self._on_error, self._records_per_epoch,
+                                 self._max_skip_fraction)
         self.last_iterator = it
         return it
 
@@ -346,7 +415,10 @@ class Collator:
             rows = [prefix_shared_row(grp.tokens, g, list(grp.pixel_values)) for g, grp in enumerate(groups)]
             num_rows = G
         batch = self._assemble(rows, num_rows, None if sft else (G, K))
-        if not sft:
+        if sft:  # which record each row holds (``jax-align score``), as preference batches have
+            batch.update({k: v for k, v in self._group_arrays(groups, G, 1).items()
+                          if k in ("group_mask", "record_index", "response_source")})
+        else:
             batch.update(self._group_arrays(groups, G, K))
         return batch, self._meta(groups)
 
@@ -386,9 +458,10 @@ class Collator:
             "record_index": np.full((G,), -1, np.int32),
             "response_mask": np.zeros((G, K), bool),
             "scores": np.full((G, K), np.nan, np.float32),
-            "levels": np.full((G, K), -1, np.int32),
+            "levels": np.full((G, K), ABSENT, np.int32),
             "margin": np.zeros((G,), np.float32),
             "reference_logps": np.full((G, K), np.nan, np.float32),
+            "response_source": np.full((G, K), -1, np.int32),
         }
         dims = max((g.dimension_scores.shape[1] for g in groups if g.dimension_scores is not None), default=0)
         if self.cfg.format == "scored":
@@ -405,6 +478,7 @@ class Collator:
             out["levels"][g] = grp.levels
             out["margin"][g] = grp.margin
             out["reference_logps"][g] = grp.reference_logps
+            out["response_source"][g] = grp.source_order
             if "critique_mask" in out:
                 out["critique_mask"][g] = grp.critique_mask
                 out["is_tie"][g] = grp.is_tie
@@ -542,7 +616,7 @@ class DataPipeline:
                     num_workers=cfg.worker_count, per_worker_buffer_size=cfg.worker_buffer_size
                 )
             )
-        skip = _SkipFilterIterDataset(ds, cfg.on_error)
+        skip = _SkipFilterIterDataset(ds, cfg.on_error, self.records_per_epoch, cfg.max_skip_fraction)
         ds = skip
         if cfg.pack:
             ds = ds.batch(cfg.pack_window, batch_fn=list)

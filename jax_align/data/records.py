@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import base64
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from jax_align.preference import QualityLevels
 
 IMAGE_PLACEHOLDER = "<image>"
 FORMATS = ("sft", "pairwise", "ranked", "scored")
@@ -99,17 +100,20 @@ class PreferenceGroup:
     # Per-response context turns placed between ``prompt`` and ``responses[k]`` (a critic prompt that quotes
     # response k, see :mod:`jax_align.data.critique`); the tokenizer shares the longest common token prefix.
     response_prompts: tuple[tuple[Message, ...], ...] | None = None
+    # ``source_order[k]``: the position in the record of ``responses[k]`` (responses are sorted best first by
+    # score; ``jax-align score`` writes its per-response lists back in the record's own order).
+    source_order: tuple[int, ...] | None = None
 
     @property
     def num_responses(self) -> int:
         return len(self.responses)
 
-    def levels(self) -> tuple[int, ...]:
-        """Dense rank of each response (0 = best); tied scores share a level; no scores: the index."""
+    def levels(self) -> QualityLevels:
+        """Quality levels of the responses (:mod:`jax_align.preference`: higher = better, ties share a level);
+        from the scores when the record has them, else from list order (best first)."""
         if self.scores is None:
-            return tuple(range(len(self.responses)))
-        distinct = sorted(set(self.scores), reverse=True)
-        return tuple(distinct.index(s) for s in self.scores)
+            return QualityLevels.from_order(len(self.responses))
+        return QualityLevels.from_scores(self.scores)
 
 
 Example = SFTExample | PreferenceGroup
@@ -320,8 +324,12 @@ def _parse_response(value: Any, field_name: str, problems: FieldProblems):
 
 
 # ----------------------------------------------------------------------------------------------- images
-def parse_images(data: Mapping, base_dir: str, problems: FieldProblems) -> tuple[tuple[ImageRef, ...], str]:
-    """The record's images (``images`` list or ``image``) as :class:`ImageRef`, and the field name used."""
+def parse_images(
+    data: Mapping, base_dir: str, problems: FieldProblems, allow_absolute_paths: bool = True
+) -> tuple[tuple[ImageRef, ...], str]:
+    """The record's images (``images`` list or ``image``) as :class:`ImageRef`, and the field name used.
+
+    ``allow_absolute_paths=False``: a path must resolve inside ``base_dir`` (no absolute path, no ``..`` out)."""
     key = "images" if data.get("images") is not None else "image"
     value = data.get(key)
     if value is None:
@@ -330,7 +338,7 @@ def parse_images(data: Mapping, base_dir: str, problems: FieldProblems) -> tuple
     refs: list[ImageRef] = []
     for i, item in enumerate(items):
         where = f"{key}[{i}]" if _is_list(value) else key
-        ref = _image_ref(item, where, base_dir, problems)
+        ref = _image_ref(item, where, base_dir, problems, allow_absolute_paths)
         if ref is not None:
             refs.append(ref)
     return tuple(refs), key
@@ -339,7 +347,9 @@ def parse_images(data: Mapping, base_dir: str, problems: FieldProblems) -> tuple
 _DATA_URI = re.compile(r"^data:image/[\w.+-]+;base64,(.*)$", re.S)
 
 
-def _image_ref(item: Any, where: str, base_dir: str, problems: FieldProblems) -> ImageRef | None:
+def _image_ref(
+    item: Any, where: str, base_dir: str, problems: FieldProblems, allow_absolute_paths: bool = True
+) -> ImageRef | None:
     if isinstance(item, (bytes, bytearray, memoryview)):
         return ImageRef(where, data=bytes(item))
     if isinstance(item, str):
@@ -353,8 +363,13 @@ def _image_ref(item: Any, where: str, base_dir: str, problems: FieldProblems) ->
             except ValueError:
                 problems.add(where, "unreadable image: invalid base64 data URI")
                 return None
-        path = item if os.path.isabs(item) else os.path.join(base_dir, item)
-        return ImageRef(where, path=os.path.normpath(path))
+        from jax_align.data.safe_paths import resolve_image_path
+
+        path, error = resolve_image_path(item, base_dir, allow_absolute_paths)
+        if error:
+            problems.add(where, error)
+            return None
+        return ImageRef(where, path=path)
     if isinstance(item, Mapping):
         raw = item.get("bytes")
         if raw is not None and not isinstance(raw, (bytes, bytearray, memoryview)):
@@ -364,7 +379,7 @@ def _image_ref(item: Any, where: str, base_dir: str, problems: FieldProblems) ->
             return ImageRef(where, data=bytes(raw))
         path = item.get("path")
         if isinstance(path, str) and path.strip():
-            return _image_ref(path, where, base_dir, problems)
+            return _image_ref(path, where, base_dir, problems, allow_absolute_paths)
         if raw is not None:
             return ImageRef(where, data=b"")
         problems.add(where, "missing image: neither bytes nor path given")
@@ -407,7 +422,8 @@ def _reconcile_placeholders(
 
 # ----------------------------------------------------------------------------------------------- adapters
 def parse_record(
-    data: Any, fmt: str, *, base_dir: str = ".", require_images: bool | None = None
+    data: Any, fmt: str, *, base_dir: str = ".", require_images: bool | None = None,
+    allow_absolute_paths: bool = True,
 ) -> tuple[Example | None, list[tuple[str, str]]]:
     """Parse one raw record in format ``fmt``. Returns ``(example, problems)``; ``example`` is ``None`` iff
     ``problems`` is not empty. ``require_images`` defaults to True for preference formats, False for SFT.
@@ -420,7 +436,7 @@ def parse_record(
         return None, problems.items
     if require_images is None:
         require_images = fmt != "sft"
-    images, image_field = parse_images(data, base_dir, problems)
+    images, image_field = parse_images(data, base_dir, problems, allow_absolute_paths)
     n_images = len(images) + sum(1 for f, _ in problems.items if f.startswith(image_field))
     parser = {
         "sft": _parse_sft,
@@ -539,6 +555,7 @@ def _finish_group(
         problems.add(distinct_field, f"fewer than two distinct ranked responses ({len(responses)} given)")
         return None
     prompt_list = _reconcile_placeholders(list(prompt), (), n_images, image_field, require_images, problems)
+    order = list(range(len(responses)))
     if scores is not None:
         order = sorted(range(len(responses)), key=lambda k: -scores[k])  # stable: ties keep their order
         responses = [responses[k] for k in order]
@@ -561,6 +578,7 @@ def _finish_group(
         margin=margin,
         reference_logps=None if reference_logps is None else tuple(reference_logps),
         is_tie=is_tie,
+        source_order=tuple(order),
     )
 
 

@@ -317,6 +317,22 @@ def parse_resume(value) -> str | int:
     raise CheckpointError(f"checkpoint.resume must be auto, never, force or a step number, got {value!r}")
 
 
+def check_resume(ckpt: TrainCheckpointer, resume, current_fingerprint: dict | None) -> None:
+    """The fingerprint check of :func:`resume_state` alone, before anything is written to the run directory
+    (so a refused resume leaves the old run's ``config.yaml`` as it was)."""
+    mode = parse_resume(resume)
+    if isinstance(mode, int):
+        if mode not in ckpt.all_steps():
+            raise CheckpointError(f"{ckpt.step_dir(mode)}: checkpoint.resume={mode}: no such checkpoint "
+                                  f"(have {ckpt.all_steps() or 'none'})")
+        _check_compatible(ckpt, mode, current_fingerprint)
+    elif mode == "auto":
+        for step in ckpt.all_steps():
+            if ckpt.read_config(step) is not None:
+                _check_compatible(ckpt, step, current_fingerprint)
+                break
+
+
 def resume_state(ckpt: TrainCheckpointer, abstract_state, resume, current_fingerprint: dict | None = None):
     """What the trainer starts from: ``(step, state, data_state)``, ``(0, None, None)`` for a fresh start.
 

@@ -16,6 +16,10 @@ from typing import Any
 import yaml
 
 from .lora import LoraConfig
+from .reward_head import HEAD_KINDS
+from .stages import STAGES, get_stage
+
+MMDPO_BETAS = ("reward_margin", "batch_implicit", "fixed")
 
 
 def _f(default, help_text: str):
@@ -27,18 +31,19 @@ def _f(default, help_text: str):
 @dataclass
 class RunConfig:
     dir: str = _f("runs/default", "run directory: checkpoints, metrics.jsonl, TensorBoard events, config.yaml")
-    stage: str = _f("dpo", "sft | critic | critique_reward | reward | dpo | mdpo | mmdpo (critique_reward: "
-                    "MM-RLHF's critique-based reward model, scalar head + critique NLL on pairwise records with "
-                    "chosen_reason/rejected_reason; critic: a generative critic, SFT on "
-                    "rationale + scores rendered from scored data)")
+    stage: str = _f("dpo", "the training stage, one of jax_align.train.stages.STAGES: sft | critic | "
+                    "critique_reward | reward | dpo | mmdpo | mdpo (`jax-align train --help` lists each stage's "
+                    "record format)")
     seed: int = _f(0, "seed for parameter init, data order and dropout")
 
 
 @dataclass
 class ModelConfig:
     path: str = _f("", "Hugging Face LLaVA directory or jax-align model directory to start from")
-    init: str = _f("", "build a randomly initialised model instead: a HF LLaVA config.json path or 'tiny-world'")
-    tokenizer: str = _f("", "tokenizer/processor directory when model.init is used (default: the world's)")
+    init: str = _f("", "build a randomly initialised model instead: a HF LLaVA config.json (or a directory with "
+                   "one), at any size; 'tiny-world' = the built-in world's tiny LLaVA (with data.world)")
+    tokenizer: str = _f("", "tokenizer/processor directory when model.init is used (default: the config's "
+                        "directory; the world's with tiny-world)")
     param_dtype: str = _f("float32", "parameter dtype: float32 | bfloat16")
     compute_dtype: str = _f("float32", "activation dtype: float32 | bfloat16 (log-probs and losses stay fp32)")
     remat: str = _f("none", "rematerialisation policy per decoder layer: none | full | dots")
@@ -60,6 +65,13 @@ class DataConfig:
     on_error: str = _f("raise", "bad records: raise (stop with a message naming file, record and field) | skip")
     num_responses: int = _f(0, "responses per group K (0 = from the stage: 2 for dpo/mmdpo, 4 for mdpo/reward)")
     world: dict = _f({}, "generate training data from the synthetic world when data.train is empty: {seed, n}")
+    max_skip_fraction: float = _f(0.5, "on_error=skip stops once more than this fraction of an epoch is bad (or "
+                                  "when no record is good)")
+    allow_absolute_paths: bool = _f(False, "image paths may be absolute or leave the data file's directory")
+    max_image_pixels: int = _f(0, "decode limit: pixels of an image after padding to square (0 = default, 36M)")
+    max_image_aspect_ratio: float = _f(0.0, "decode limit: longer/shorter side of an image (0 = default, 20)")
+    round_weight: float = _f(0.0, "AMP's per-round token weight increment: assistant round r weighs 1 + w*r "
+                             "(spec §5.2 'loss_turbo'; AMP's code: 0.05)")
 
 
 @dataclass
@@ -85,13 +97,24 @@ class LossConfig:
     label_smoothing: float = _f(0.0, "cDPO label smoothing (TRL convention)")
     penalty: float = _f(1.0, "MDPO penalty on the best response (spec §5.2)")
     pairs: str = _f("all", "MDPO pairs: all | adjacent | best_vs_rest")
+    mmdpo_beta: str = _f("reward_margin", "MM-DPO beta: reward_margin (paper, needs each record's margin) | "
+                         "batch_implicit (the released code's batch-level beta, spec §4.4) | fixed")
+    ls_factor_weight: float = _f(0.1, "MM-DPO batch_implicit: the released script's ls_factor_weight (spec §4.4)")
     margin_w: float = _f(0.5, "MM-DPO reward-margin beta w (spec §4.3)")
     margin_k: float = _f(0.5, "MM-DPO reward-margin beta k (spec §4.3)")
-    sft_weight: float = _f(0.0, "weight of an SFT (chosen NLL) term; MM-DPO uses gamma=0.25")
+    sft_weight: float = _f(0.0, "weight of an SFT (chosen NLL) term (mmdpo's default: gamma = 0.25, spec §4.4)")
     reward_margin: bool = _f(False, "reward loss: use the record's margin (TRL RewardTrainer)")
-    center_rewards: float = _f(0.0, "reward loss: centering coefficient (spec §6.4: 0.01)")
+    center_rewards: float = _f(0.0, "reward loss: centering coefficient c*mean((r_w+r_l)^2) (critique_reward's "
+                               "default: 0.01, spec §4.2)")
     critique_weight: float = _f(1.0, "critique_reward: weight w_c of the critique NLL (spec §4.2)")
     tie_weight: float = _f(1.0, "critique_reward: weight of the squared reward gap on is_tie pairs (spec §4.2)")
+
+
+@dataclass
+class RewardConfig:
+    head: str = _f("linear", "scalar reward head: linear (no bias, Align2LLaVA spec §3.2) | mlp_tanh (MM-RLHF's "
+                   "dropout-Linear-tanh-dropout-Linear, spec §4.2); saved beside the model as reward_head.npz")
+    dropout: float = _f(0.0, "dropout of the mlp_tanh head while training (MM-RLHF: the LLM's attention_dropout)")
 
 
 @dataclass
@@ -113,7 +136,8 @@ class TrainConfig:
 class CheckpointConfig:
     every: int = _f(50, "save every N steps (and at the end)")
     keep: int = _f(3, "keep the last K checkpoints")
-    resume: str = _f("auto", "auto (resume from the latest complete checkpoint in run.dir) | never")
+    resume: Any = _f("auto", "auto (the newest readable checkpoint; refused when the run's config fingerprint "
+                     "differs) | never | force (resume despite a different config) | STEP (that checkpoint)")
     use_async: bool = _f(True, "asynchronous saves")
 
 
@@ -131,6 +155,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     ref: RefConfig = field(default_factory=RefConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -180,7 +205,10 @@ def _set(cfg: Config, dotted: str, value, source: str) -> None:
 
 
 def load_config(path: str | None, overrides: list[str] = ()) -> Config:
+    """Defaults, then the YAML file, then the overrides; then the stage's own defaults (``Stage.defaults``) for
+    every key that neither the file nor an override set."""
     cfg = Config()
+    explicit: set[str] = set()
     if path:
         with open(path) as f:
             data = yaml.safe_load(f) or {}
@@ -191,26 +219,36 @@ def load_config(path: str | None, overrides: list[str] = ()) -> Config:
                 raise ConfigError(f"{path}: section {sec!r} must be a mapping")
             for k, v in values.items():
                 _set(cfg, f"{sec}.{k}", v, path)
+                explicit.add(f"{sec}.{k}")
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
         k, v = item.split("=", 1)
         _set(cfg, k.strip(), yaml.safe_load(v) if v.strip() else "", "override")
+        explicit.add(k.strip())
     validate(cfg)
+    for key, value in get_stage(cfg.run.stage).defaults.items():
+        if key not in explicit:
+            _set(cfg, key, value, f"stage {cfg.run.stage} default")
     return cfg
 
 
-STAGES = ("sft", "critic", "critique_reward", "reward", "dpo", "mdpo", "mmdpo")
+def _resume_ok(value) -> bool:
+    return str(value).strip().lower() in ("auto", "never", "force") or str(value).strip().isdigit()
 
 
 def validate(cfg: Config) -> None:
     checks = [
-        (cfg.run.stage in STAGES, "run.stage must be " + "|".join(STAGES)),
+        (STAGES.get(cfg.run.stage) is not None, "run.stage must be " + "|".join(STAGES)),
+        (cfg.loss.mmdpo_beta in MMDPO_BETAS, "loss.mmdpo_beta must be " + "|".join(MMDPO_BETAS)),
+        (cfg.reward.head in HEAD_KINDS, "reward.head must be " + "|".join(HEAD_KINDS)),
+        (0.0 <= cfg.reward.dropout < 1.0, "reward.dropout must be in [0, 1)"),
         (cfg.data.layout in ("prefix_shared", "naive"), "data.layout must be prefix_shared|naive"),
         (cfg.data.on_error in ("raise", "skip"), "data.on_error must be raise|skip"),
         (cfg.optim.schedule in ("cosine", "linear", "constant"), "optim.schedule must be cosine|linear|constant"),
         (cfg.ref.mode in ("copy", "cached"), "ref.mode must be copy|cached"),
-        (cfg.checkpoint.resume in ("auto", "never"), "checkpoint.resume must be auto|never"),
+        (_resume_ok(cfg.checkpoint.resume), "checkpoint.resume must be auto|never|force|STEP"),
+        (0.0 <= cfg.data.max_skip_fraction <= 1.0, "data.max_skip_fraction must be in [0, 1]"),
         (cfg.train.steps > 0, "train.steps must be positive"),
         (cfg.checkpoint.every > 0, "checkpoint.every must be positive"),
         (cfg.optim.grad_accum >= 1 and cfg.data.batch_size % cfg.optim.grad_accum == 0,
@@ -237,5 +275,7 @@ def describe() -> str:
 
 
 def dump(cfg: Config, path: str) -> None:
-    with open(path, "w") as f:
+    from jax_align.atomic import atomic_file
+
+    with atomic_file(path) as f:
         yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from flax import nnx
+
 from jax_align.models.lora import (
     DEFAULT_TARGETS,
     LoRAParam,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 
 import jax
@@ -17,25 +18,26 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
-from jax_align.models import LlavaModel
 
 from jax_align.model_store import load_model, save_model
+from jax_align.models import LlavaModel
+from jax_align.run_lock import lock_run_dir
 from jax_align.sharding import DEFAULT_RULES, make_mesh, spec_for, state_shardings
 
-from .checkpointing import TrainCheckpointer
-from .config import Config, dump
+from .checkpointing import TrainCheckpointer, check_resume, fingerprint, resume_state
+from .config import Config, ConfigError, dump
 from .metrics_log import MetricsLog, Progress
 from .optim import build_optimizer
 from .partition import split_trainable
+from .reward_head import init_head, save_head
+from .stages import Stage, get_stage
 from .steps import StepSpec, make_train_step
 
 log = logging.getLogger("jax_align.train")
 
-STAGE_FORMAT = {"sft": "sft", "critic": "scored", "reward": "scored", "critique_reward": "pairwise",
-                "dpo": "pairwise", "mmdpo": "pairwise", "mdpo": "ranked"}
-REWARD_STAGES = ("reward", "critique_reward")  # stages that train a scalar reward head
 PAD_VALUES = {"input_ids": None, "positions": 0, "segment_ids": 0, "prefix_segment_ids": 0, "labels": -100,
               "label_src": 0, "token_weights": 0.0, "response_ids": -1, "group_ids": -1}
+_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 
 
 class TrainingDiverged(RuntimeError):
@@ -46,62 +48,45 @@ def _dtype(name: str):
     return jnp.dtype({"fp32": "float32", "bf16": "bfloat16"}.get(name, name))
 
 
-def prepare_inputs(cfg: Config) -> tuple[str, str]:
-    """Resolve (model_dir, data_path), generating the world data / from-scratch model dir when asked."""
-    run_dir = cfg.run.dir
+def init_model_dir(cfg: Config) -> str:
+    """The directory of a randomly initialised model from ``model.init`` (a HF ``config.json``, or a directory
+    holding one): the config plus the tokenizer / processor files of ``model.tokenizer`` (default: the config's
+    own directory), copied to ``run.dir/init_model`` unless the config already lives there."""
+    src = cfg.model.init
+    config_path = os.path.join(src, "config.json") if os.path.isdir(src) else src
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"model.init: {src}: no such config.json (give a HF LLaVA config.json or a "
+                                f"directory holding one)")
+    tok_dir = cfg.model.tokenizer or os.path.dirname(os.path.abspath(config_path))
+    out = os.path.join(cfg.run.dir, "init_model")
+    if os.path.abspath(os.path.dirname(config_path)) == os.path.abspath(out):
+        return out
+    if not any(os.path.isfile(os.path.join(tok_dir, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
+        raise FileNotFoundError(f"model.tokenizer: {tok_dir}: no tokenizer files (set model.tokenizer to a "
+                                f"tokenizer/processor directory)")
+    os.makedirs(out, exist_ok=True)
+    for name in os.listdir(tok_dir):
+        path = os.path.join(tok_dir, name)
+        if os.path.isfile(path) and name not in ("config.json",) and not name.endswith((".safetensors", ".bin")):
+            shutil.copy2(path, os.path.join(out, name))
+    tmp = os.path.join(out, "config.json.tmp")  # config.json last and atomically: it marks a complete dir
+    shutil.copy2(config_path, tmp)
+    os.replace(tmp, os.path.join(out, "config.json"))
+    return out
+
+
+def prepare_inputs(cfg: Config, stage: Stage) -> tuple[str, str]:
+    """``(model_dir, data_path)``: the start model's directory and the file the data pipeline reads."""
+    if not cfg.data.train:
+        raise ValueError("data.train is empty: give a data file (or data.world, resolved by `jax-align train`)")
     data_path = cfg.data.train
-    world_dir = None
-    if not data_path:
-        if not cfg.data.world:
-            raise ValueError("data.train is empty and data.world is not set: nothing to train on")
-        world_dir = os.path.join(run_dir, "world")
-        from jax_align.world.datasets import write_world
-
-        if not os.path.isfile(os.path.join(world_dir, "world.json")):
-            write_world(world_dir, seed=int(cfg.data.world.get("seed", 0)), n=int(cfg.data.world.get("n", 64)))
-        fmt = cfg.data.format or STAGE_FORMAT[cfg.run.stage]
-        from jax_align.world.preferences import pairs_from_scored, ranked_from_scored
-
-        if cfg.run.stage == "critique_reward":
-            from jax_align.world.critiques import critique_pairs
-
-            data_path = os.path.join(world_dir, "critique_pairs.jsonl")
-            if not os.path.isfile(data_path):
-                critique_pairs(world_dir, data_path)
-        elif fmt == "sft":
-            data_path = os.path.join(world_dir, "sft.jsonl")
-        elif fmt == "pairwise":
-            data_path = os.path.join(world_dir, "pairs.jsonl")
-            if not os.path.isfile(data_path):
-                pairs_from_scored(os.path.join(world_dir, "reward.jsonl"), data_path)
-        elif fmt == "ranked":
-            data_path = os.path.join(world_dir, "ranked.jsonl")
-            if not os.path.isfile(data_path):
-                ranked_from_scored(os.path.join(world_dir, "reward.jsonl"), data_path)
-        else:
-            data_path = os.path.join(world_dir, "reward.jsonl")
-    if cfg.run.stage == "critic":  # EACO's generative critic: scored candidates rendered as SFT text (spec §1.3)
-        from jax_align.recipes.critic_data import critic_sft_file
-
-        critic_path = os.path.join(run_dir, "critic_sft.jsonl")
-        if not os.path.isfile(critic_path):
-            critic_sft_file(data_path, critic_path)
-        data_path = critic_path
+    if stage.prepare_data is not None:
+        data_path = stage.prepare_data(data_path, cfg.run.dir)
     if cfg.model.path:
         return cfg.model.path, data_path
     if not cfg.model.init:
-        raise ValueError("set model.path (a checkpoint) or model.init (tiny-world or a config.json)")
-    init_dir = os.path.join(run_dir, "init_model")
-    if not os.path.isfile(os.path.join(init_dir, "config.json")):
-        from jax_align.presets import tiny_world_model_dir
-
-        tok = cfg.model.tokenizer or (os.path.join(world_dir, "tokenizer") if world_dir else "")
-        if cfg.model.init != "tiny-world":
-            raise ValueError(f"model.init {cfg.model.init!r}: only 'tiny-world' is built in")
-        if not tok:
-            raise ValueError("model.init=tiny-world needs model.tokenizer (or data.world to make one)")
-        tiny_world_model_dir(init_dir, tok)
-    return init_dir, data_path
+        raise ValueError("set model.path (a checkpoint) or model.init (a HF config.json for a random init)")
+    return init_model_dir(cfg), data_path
 
 
 def _pad_to(batch: dict, length: int, pad_id: int) -> dict:
@@ -141,20 +126,43 @@ class Trainer:
                                   remat=cfg.model.remat)
 
     def run(self) -> dict:
+        """Train; the run directory is locked for the whole run (a second run on it stops naming the holder)."""
         cfg = self.cfg
         os.makedirs(cfg.run.dir, exist_ok=True)
         primary = jax.process_index() == 0  # one writer for logs, config and model files; all save checkpoints
+        with lock_run_dir(cfg.run.dir, enabled=primary):
+            return self._run(primary)
+
+    def _check_mesh(self, mesh) -> None:
+        cfg = self.cfg
+        if mesh.size != jax.device_count():
+            raise ConfigError(f"mesh.data x mesh.fsdp x mesh.tensor = {dict(mesh.shape)} uses {mesh.size} of "
+                              f"{jax.device_count()} devices: the product must be the device count (-1 fills one "
+                              f"axis)")
+        data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+        groups = cfg.data.batch_size // cfg.optim.grad_accum
+        if groups % data_ways:
+            raise ConfigError(f"data.batch_size / optim.grad_accum = {groups} groups per micro-batch is not divisible "
+                              f"by the data-parallel ways mesh.data x mesh.fsdp = {data_ways}")
+
+    def _run(self, primary: bool) -> dict:
+        cfg = self.cfg
+        ckpt = TrainCheckpointer(os.path.join(cfg.run.dir, "checkpoints"), keep=cfg.checkpoint.keep,
+                                 use_async=cfg.checkpoint.use_async)
+        fp = fingerprint(cfg.to_dict())
+        check_resume(ckpt, cfg.checkpoint.resume, fp)  # before config.yaml is overwritten
+        stage = get_stage(cfg.run.stage)
+        mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+        self._check_mesh(mesh)
         if primary:
             dump(cfg, os.path.join(cfg.run.dir, "config.yaml"))
-        model_dir, data_path = prepare_inputs(cfg)
-        mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+        model_dir, data_path = prepare_inputs(cfg, stage)
         config, model = self._model(model_dir)
-        stage = cfg.run.stage
 
         # ---- data
         from jax_align.data.pipeline import DataConfig, DataPipeline
 
-        fmt = "sft" if stage == "critic" else (cfg.data.format or STAGE_FORMAT[stage])
+        fmt = stage.pipeline_format or cfg.data.format or stage.record_format
         accum = cfg.optim.grad_accum
         n_proc = jax.process_count()
         micro_groups = cfg.data.batch_size // accum // n_proc
@@ -167,11 +175,15 @@ class Trainer:
                           shuffle=cfg.data.shuffle, num_epochs=None, shard_index=jax.process_index(),
                           shard_count=n_proc, worker_count=cfg.data.workers,
                           on_error="strict" if cfg.data.on_error == "raise" else "skip", drop_remainder=True,
-                          num_responses=2 if stage in ("dpo", "mmdpo", "critique_reward")
-                          else (cfg.data.num_responses or None), critique_prompt=stage == "critique_reward")
+                          num_responses=stage.responses or cfg.data.num_responses or None,
+                          critique_prompt=stage.critique_prompt, round_weight=cfg.data.round_weight,
+                          required_fields=stage.record_fields(cfg), max_skip_fraction=cfg.data.max_skip_fraction,
+                          allow_absolute_paths=cfg.data.allow_absolute_paths,
+                          max_image_pixels=cfg.data.max_image_pixels or None,
+                          max_image_aspect_ratio=cfg.data.max_image_aspect_ratio or None)
         responses = dcfg.responses_per_group
         table = None
-        if stage in ("dpo", "mdpo", "mmdpo") and cfg.ref.mode == "cached":
+        if stage.needs_reference and cfg.ref.mode == "cached":
             table = self._reference_table(dcfg, model, model_dir, micro_groups, responses)
         pipeline = DataPipeline(dcfg, reference_logps=table)
         pad_id = pipeline.tokenizer.pad_id
@@ -187,10 +199,10 @@ class Trainer:
         else:
             graphdef, trainable, frozen = split_trainable(model, cfg.model)
         params = {"model": trainable}
-        if stage in REWARD_STAGES:
-            params["reward_head"] = jnp.zeros((config.text.hidden_size,), jnp.float32)
+        if stage.reward_head:
+            params["reward_head"] = init_head(cfg.reward.head, config.text.hidden_size, seed=cfg.run.seed)
         ref = None
-        if stage in ("dpo", "mdpo", "mmdpo") and cfg.ref.mode == "copy" and not is_lora:
+        if stage.needs_reference and cfg.ref.mode == "copy" and not is_lora:
             ref_dtype = _dtype(cfg.ref.dtype) if cfg.ref.dtype else None
             full = nnx.state(model)
             # a real copy: the policy's buffers are donated to every step
@@ -199,7 +211,7 @@ class Trainer:
         rules = DEFAULT_RULES
         p_sh = {"model": state_shardings(trainable, mesh, rules)}
         if "reward_head" in params:
-            p_sh["reward_head"] = NamedSharding(mesh, PartitionSpec())
+            p_sh["reward_head"] = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), params["reward_head"])
         params = jax.device_put(params, p_sh)
         frozen = jax.device_put(frozen, state_shardings(frozen, mesh, rules))
         if ref is not None:
@@ -212,24 +224,20 @@ class Trainer:
                  "rng": jax.device_put(jax.random.key_data(jax.random.key(cfg.run.seed)), replicated)}
         state_sh = jax.tree.map(lambda x: x.sharding, state)
 
-        # ---- resume
-        ckpt = TrainCheckpointer(os.path.join(cfg.run.dir, "checkpoints"), keep=cfg.checkpoint.keep,
-                                 use_async=cfg.checkpoint.use_async)
-        start, data_state = 0, None
-        latest = ckpt.latest_step() if cfg.checkpoint.resume == "auto" else None
-        if latest is not None:
-            state, data_state = ckpt.restore(latest, state)
-            start = int(latest)
+        # ---- resume (corrupt checkpoints are reported and set aside; a changed config is refused)
+        start, restored, data_state = resume_state(ckpt, state, cfg.checkpoint.resume, fp)
+        if restored is not None:
+            state = restored
             if primary:
                 print(f"resuming from {cfg.run.dir}/checkpoints step {start}", flush=True)
         iterator = pipeline.iterator(data_state)
 
         # ---- step function
-        spec = StepSpec.from_config(cfg, groups=micro_groups * n_proc, responses=responses)
+        spec = StepSpec.from_config(cfg, stage, groups=micro_groups * n_proc, responses=responses)
         step_fn = make_train_step(graphdef, spec, tx)
         compiled: dict = {}
         metrics_log = MetricsLog(cfg.run.dir, start_step=start, enabled=primary)
-        progress = Progress(cfg.train.steps, start, cfg.train.progress and primary, desc=f"{stage}")
+        progress = Progress(cfg.train.steps, start, cfg.train.progress and primary, desc=stage.name)
         t0 = time.perf_counter()
         last = {}
         try:
@@ -252,11 +260,16 @@ class Trainer:
                 metrics["lr"] = float(self._lr(tx, step))
                 if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
                     ckpt.wait()
-                    good = ckpt.latest_step()
+                    good = ckpt.last_good_step(step)  # step N's loss comes from checkpoint N-1's parameters
+                    where = os.path.join(cfg.run.dir, "checkpoints")
+                    advice = (f"the last good checkpoint is step {good} in {where} (its parameters gave a finite "
+                              f"loss): resume it with checkpoint.resume={good}, e.g. with a lower optim.lr"
+                              if good is not None else
+                              f"no checkpoint in {where} is known to give a finite loss (keep more with "
+                              f"checkpoint.keep, or save more often)")
                     raise TrainingDiverged(
                         f"step {step}: non-finite loss ({metrics['loss']}) or gradient norm ({metrics['grad_norm']}); "
-                        f"stopped without saving. The last good checkpoint is step {good} in "
-                        f"{os.path.join(cfg.run.dir, 'checkpoints')}")
+                        f"stopped without saving; {advice}")
                 if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                     metrics_log.write(step, metrics)
                 progress.update(metrics, int((host["segment_ids"] != 0).sum()) * n_proc)
@@ -275,11 +288,12 @@ class Trainer:
         else:
             final_state = nnx.state(nnx.merge(graphdef, state["params"]["model"], frozen))
         save_model(model_out, config, final_state, source_dir=model_dir)
-        if "reward_head" in state["params"] and primary:
-            np.save(os.path.join(model_out, "reward_head.npy"), np.asarray(state["params"]["reward_head"]))
-        summary = {"stage": stage, "steps": cfg.train.steps, "start_step": start, "compilations": len(compiled),
-                   "seconds": round(time.perf_counter() - t0, 2), "model": model_out,
-                   **{k: last[k] for k in ("loss", "rewards/accuracies", "rewards/margins") if k in last}}
+        if stage.reward_head and primary:
+            save_head(model_out, jax.device_get(state["params"]["reward_head"]), stage=stage.name,
+                      critique_prompt=stage.critique_prompt)
+        summary = {"stage": stage.name, "steps": cfg.train.steps, "start_step": start,
+                   "compilations": len(compiled), "seconds": round(time.perf_counter() - t0, 2), "model": model_out,
+                   **{k: last[k] for k in stage.summary_metrics if k in last}}
         if primary:
             print("summary: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                          for k, v in summary.items()), flush=True)
@@ -290,7 +304,7 @@ class Trainer:
         ``run.dir/ref_cache`` keyed by data, weights, tokenizer and max length (issue 4 item 9)."""
         from jax_align.data.ref_cache import ReferenceLogpCache, fingerprint_arrays, reference_pass_batches
 
-        from .steps import response_logps
+        from .forward import response_logps
 
         cfg = self.cfg
         graphdef, state = nnx.split(model)
@@ -299,11 +313,10 @@ class Trainer:
             weights_fingerprint=fingerprint_arrays(np.asarray(x) for x in jax.tree.leaves(state)),
             model_dir=model_dir, max_length=dcfg.row_length_limit,
             extra={"layout": dcfg.layout, "K": responses, "round_weight": dcfg.round_weight})
-        spec = StepSpec.from_config(cfg, groups=groups, responses=responses)
-
         @jax.jit
         def logps(state, batch):
-            return response_logps(nnx.merge(graphdef, state), batch, spec)[0]
+            return response_logps(nnx.merge(graphdef, state), batch, groups=groups, responses=responses,
+                                  token_chunk=cfg.train.token_chunk)[0]
 
         def compute(batch):
             return np.asarray(logps(state, {k: jnp.asarray(v) for k, v in batch.items()}))

@@ -8,23 +8,28 @@ from __future__ import annotations
 import json
 import os
 
+from jax_align.atomic import atomic_file
 
-def pairs_from_scored(scored_path: str, out_path: str) -> int:
+
+def pairs_from_scored(scored_path: str, out_path: str, *, margin: bool = False) -> int:
     """Write TRL-style pairwise records (``prompt``, ``image``, ``chosen``, ``rejected``): the first (best)
-    and the last (worst) candidate of every group whose scores differ. Returns the number written."""
+    and the last (worst) candidate of every group whose scores differ. ``margin``: also write the truth-score
+    gap as the record's ``margin`` (a stand-in for a reward model's margin, for MM-DPO). Returns the number
+    written."""
     base_in, base_out = os.path.dirname(os.path.abspath(scored_path)), os.path.dirname(os.path.abspath(out_path))
     n = 0
-    with open(scored_path) as src, open(out_path + ".tmp", "w") as dst:
+    with open(scored_path) as src, atomic_file(out_path) as dst:
         for line in src:
             rec = json.loads(line)
             responses, scores = rec["responses"], rec.get("scores") or []
             if len(responses) < 2 or (scores and scores[0] == scores[-1]) or responses[0] == responses[-1]:
                 continue
             image = os.path.relpath(os.path.join(base_in, rec["image"]), base_out)
-            dst.write(json.dumps({"image": image, "prompt": rec["prompt"], "chosen": responses[0],
-                                  "rejected": responses[-1]}) + "\n")
+            out = {"image": image, "prompt": rec["prompt"], "chosen": responses[0], "rejected": responses[-1]}
+            if margin and scores:
+                out["margin"] = float(scores[0]) - float(scores[-1])
+            dst.write(json.dumps(out) + "\n")
             n += 1
-    os.replace(out_path + ".tmp", out_path)  # atomic: a killed run never leaves a truncated file behind
     return n
 
 
@@ -33,7 +38,7 @@ def ranked_from_scored(scored_path: str, out_path: str, levels: int = 4) -> int:
     ``levels`` candidates. Returns the number written."""
     base_in, base_out = os.path.dirname(os.path.abspath(scored_path)), os.path.dirname(os.path.abspath(out_path))
     n = 0
-    with open(scored_path) as src, open(out_path + ".tmp", "w") as dst:
+    with open(scored_path) as src, atomic_file(out_path) as dst:
         for line in src:
             rec = json.loads(line)
             responses = rec["responses"][:levels]
@@ -45,5 +50,4 @@ def ranked_from_scored(scored_path: str, out_path: str, levels: int = 4) -> int:
                 out["scores"] = rec["scores"][:levels]
             dst.write(json.dumps(out) + "\n")
             n += 1
-    os.replace(out_path + ".tmp", out_path)
     return n

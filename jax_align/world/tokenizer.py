@@ -23,7 +23,6 @@ byte-identical on every run, and load with ``transformers.AutoTokenizer.from_pre
 
 from __future__ import annotations
 
-import json
 import os
 import string
 from itertools import product
@@ -100,7 +99,22 @@ def world_corpus(config: WorldConfig) -> list[str]:
     answers.extend(count_answer(i) for i in range(len(NUMBER_WORDS)))
     corpus = [render_chat(f"{IMAGE}\n{q}") for q in questions]
     corpus.extend(render_chat(f"{IMAGE}\n{questions[0]}", a) for a in [*answers, caption])
+    corpus.extend(judge_texts())
     return corpus
+
+
+def judge_texts() -> list[str]:
+    """The words judges write and read: the generative critic's prompt and its ``score: N`` lines (EACO, spec
+    §1.3), MM-RLHF's critic instruction (spec §4.2), and the numbers 0-100, so that the world's models can
+    be trained as critics and their scores parsed."""
+    from jax_align.data.critic_text import DIMENSIONS, RUBRIC, critic_target
+    from jax_align.data.critique import critic_user_turn
+
+    numbers = [str(i) for i in range(101)]
+    texts = [f"Question: q\nResponse: a\n{RUBRIC}", critic_target(7.5, DIMENSIONS, (1, 2, 3)),
+             critic_user_turn("q", "a"), " ".join(numbers)]
+    # each word both at the start of a line and after a space (byte-level pieces differ)
+    return texts + [" " + " ".join(t.split()) for t in texts] + ["\n".join(" ".join(texts).split())]
 
 
 def vocabulary(config: WorldConfig) -> list[str]:
@@ -194,7 +208,7 @@ def build_tokenizer(out_dir: str | os.PathLike[str], config: WorldConfig | None 
         ("tokenizer_config.json", tokenizer_config),
         ("special_tokens_map.json", special_map),
     ):
-        with open(os.path.join(out, name), "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, sort_keys=True)
-            f.write("\n")
+        from jax_align.atomic import write_json
+
+        write_json(os.path.join(out, name), payload)
     return out

@@ -9,6 +9,7 @@ import numpy as np
 
 from jax_align.train.config import load_config
 from jax_align.train.trainer import Trainer
+from jax_align.world.train_inputs import resolve_world_inputs
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "tiny_dpo.yaml")
 
@@ -17,7 +18,7 @@ def run(run_dir, steps, mesh):
     cfg = load_config(CONFIG, [f"run.dir={run_dir}", f"train.steps={steps}", "train.progress=false",
                                "checkpoint.every=2", "data.batch_size=8", "optim.lr=1e-3", "optim.eps=1e-3",
                                f"mesh.data={mesh[0]}", f"mesh.fsdp={mesh[1]}", f"mesh.tensor={mesh[2]}"])
-    return Trainer(cfg).run()
+    return Trainer(resolve_world_inputs(cfg)).run()
 
 
 def main(root):

@@ -10,6 +10,7 @@ import numpy as np
 from jax_align.model_store import load_model
 from jax_align.train.config import load_config
 from jax_align.train.trainer import Trainer
+from jax_align.world.train_inputs import resolve_world_inputs
 
 
 def run(root, name, mesh):
@@ -18,7 +19,7 @@ def run(root, name, mesh):
                        "checkpoint.every=100", "data.batch_size=8", "optim.lr=1e-3",
                        "optim.eps=1e-3",  # keep Adam from amplifying rounding in near-zero gradients
                        f"mesh.data={mesh[0]}", f"mesh.fsdp={mesh[1]}", f"mesh.tensor={mesh[2]}"])
-    Trainer(cfg).run()
+    Trainer(resolve_world_inputs(cfg)).run()
     with open(os.path.join(cfg.run.dir, "metrics.jsonl")) as f:
         losses = [json.loads(line)["loss"] for line in f]
     params = [np.asarray(x) for x in jax.tree.leaves(load_model(os.path.join(cfg.run.dir, "model"))[2])]

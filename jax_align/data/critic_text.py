@@ -1,4 +1,4 @@
-"""Training data for a generative critic (EACO, spec §1.3 [inferred library decision]).
+"""Training text for a generative critic and the parser of its scores (EACO, spec §1.3 [inferred library decision]).
 
 A critic is an MLLM fine-tuned with next-token cross-entropy on ``(image, question, response, rubric) ->
 rationale + per-dimension scores + total``. Each scored candidate of a ``scored`` record (see
