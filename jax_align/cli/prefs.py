@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 
@@ -45,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--buckets", default="256,512,1024", help="comma-separated sequence-length buckets")
     m.add_argument("--allow-absolute-paths", action="store_true",
                    help="accept image paths outside the input file's directory (absolute or ../)")
+    for module_name in RECIPE_MODULES:  # each recipe module adds its sub-commands (its own file, its own args)
+        importlib.import_module(module_name).register(sub)
+
+
+# Recipe modules with ``register(subparsers)``; each sub-parser sets ``_recipe_run`` (``run(args) -> int``).
+RECIPE_MODULES: tuple[str, ...] = ()
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -94,6 +101,8 @@ def run(args) -> int:
 
     with located(args.output, "--output"):
         check_writable(args.output)
+    if getattr(args, "_recipe_run", None) is not None:
+        return args._recipe_run(args)
     return run_margins(args) if args.recipe == "margins" else run_bdhs_cli(args)
 
 
