@@ -3,7 +3,9 @@
 Each input line is a JSON object with ``image`` (a path relative to the input file, or absolute) and
 ``prompt``; other fields are carried over. Each output line repeats the input record unchanged and adds
 ``response``: a string, or a list of ``--n-samples`` strings when more than one sample is drawn. Temperature 0
-(the default) is greedy decoding, equal to transformers' greedy ``generate`` on the same model.
+(the default) is greedy decoding, equal to transformers' greedy ``generate`` on the same model; ``--num-beams``
+> 1 is beam search (``--length-penalty``), equal to ``generate(num_beams=..., do_sample=False)``;
+``--repetition-penalty`` is transformers' (both together: AMP's expert decoding, spec §5.1).
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+    parser.add_argument("--num-beams", type=int, default=1,
+                        help="beam search with this many beams (1 = off; needs --temperature 0)")
+    parser.add_argument("--length-penalty", type=float, default=1.0,
+                        help="beam search: finished score = log p / length ** this (1.0, as transformers)")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0,
+                        help="transformers' repetition penalty on seen tokens (1 = off; AMP experts: 1.1)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="generated tokens per answer (128)")
     parser.add_argument("--n-samples", type=int, default=1, help="answers per prompt; >1 writes a list")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
@@ -111,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
             top_k=args.top_k,
             top_p=args.top_p,
             n_samples=args.n_samples,
+            num_beams=args.num_beams,
+            length_penalty=args.length_penalty,
+            repetition_penalty=args.repetition_penalty,
         )
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
