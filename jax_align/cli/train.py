@@ -35,11 +35,11 @@ def run(args) -> int:
     except (ConfigError, FileNotFoundError) as e:
         print(f"jax-align train: {e}")
         return 2
-    from jax_align.world.train_inputs import resolve_world_inputs
+    from jax_align.world.train_inputs import make_annotator, resolve_world_inputs
 
     resolve_world_inputs(cfg)  # data.world / model.init=tiny-world -> files (the trainer never sees the world)
     try:
-        Trainer(cfg).run()
+        Trainer(cfg, annotator=make_annotator(cfg)).run()
     except TrainingDiverged as e:
         print(f"jax-align train: {e}")
         return 1

@@ -47,6 +47,11 @@ class ModelConfig:
     param_dtype: str = _f("float32", "parameter dtype: float32 | bfloat16")
     compute_dtype: str = _f("float32", "activation dtype: float32 | bfloat16 (log-probs and losses stay fp32)")
     remat: str = _f("none", "rematerialisation policy per decoder layer: none | full | dots")
+    attention: str = _f("auto", "attention kernel: auto (blockwise when T*S >= 2**20) | reference | blockwise "
+                        "(online softmax, never the full score tensor) | cudnn (GPU) | splash (TPU); kernels "
+                        "that cannot express the mask fall back to blockwise")
+    scan_layers: Any = _f(None, "run layers under a scan over stacked parameters: null (auto: towers of >= 8 "
+                          "layers) | true | false; checkpoints on disk stay per layer")
     train_vision: bool = _f(False, "train the vision tower (frozen by default)")
     train_projector: bool = _f(True, "train the multimodal projector")
     train_language: bool = _f(True, "train the language model (ignored with LoRA: only adapters train)")
@@ -133,6 +138,20 @@ class TrainConfig:
 
 
 @dataclass
+class OnlineConfig:
+    every: int = _f(8, "online_dpo / mixed_dpo: optimizer steps per round; each round the current policy samples "
+                    "for batch_size x every prompts (spec §2.1)")
+    samples: int = _f(2, "samples per prompt (the annotator compares Response 1 vs Response 2)")
+    temperature: float = _f(1.0, "sampling temperature (not given in the paper; spec §2.1 inferred default)")
+    top_p: float = _f(1.0, "nucleus sampling")
+    max_new_tokens: int = _f(64, "tokens per sample")
+    batch_size: int = _f(16, "prompts per sampling batch")
+    mix_p: float = _f(0.5, "mixed_dpo: probability p of the offline pair (alpha ~ Bernoulli(p), spec §2.1 eq. 4)")
+    annotator: str = _f("", "who ranks the samples: world:DIR (the built-in world's ground truth) | reward:MODEL "
+                        "(a reward or critique_reward run's model)")
+
+
+@dataclass
 class CheckpointConfig:
     every: int = _f(50, "save every N steps (and at the end)")
     keep: int = _f(3, "keep the last K checkpoints")
@@ -146,6 +165,8 @@ class MeshConfig:
     data: int = _f(1, "data-parallel axis size (-1 = all remaining devices)")
     fsdp: int = _f(-1, "FSDP axis size (-1 = all remaining devices)")
     tensor: int = _f(1, "tensor-parallel axis size")
+    rules: Any = _f(None, "overrides of the logical-axis rules table, e.g. {mlp: fsdp, heads: null} "
+                    "(jax_align/sharding.py DEFAULT_RULES)")
 
 
 @dataclass
@@ -158,6 +179,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     ref: RefConfig = field(default_factory=RefConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)

@@ -52,6 +52,7 @@ class Stage:
     defaults: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))  # dotted config key -> value
     prepare_data: Callable[[str, str], str] | None = None  # (data file, run dir) -> file the pipeline reads
     pipeline_format: str | None = None  # format the prepared file is in (default: record_format)
+    online: str | None = None  # "online" | "mixed": the policy samples its pairs during training (spec §2.1)
 
     @property
     def data_format(self) -> str:
@@ -77,6 +78,12 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           defaults=MappingProxyType({"loss.sft_weight": 0.25})),
     Stage("mdpo", "AMP's multi-level DPO over K ranked responses (§5.2)", "ranked", L.mdpo_stage_loss,
           needs_reference=True, summary_metrics=_PREF_METRICS),
+    Stage("online_dpo", "Online-DPO: the current policy samples, an annotator ranks, DPO on the fresh pairs (§2.1)",
+          "sft", L.dpo_stage_loss, responses=2, needs_reference=True, summary_metrics=_PREF_METRICS,
+          online="online", pipeline_format="pairwise"),
+    Stage("mixed_dpo", "Mixed-DPO: per prompt the offline pair (alpha ~ Bernoulli(p)) or an online pair (§2.1 eq. 4)",
+          "pairwise", L.dpo_stage_loss, responses=2, needs_reference=True, summary_metrics=_PREF_METRICS,
+          online="mixed"),
 )}
 
 

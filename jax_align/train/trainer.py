@@ -7,6 +7,7 @@ host side of this loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -22,7 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jax_align.model_store import load_model, save_model
 from jax_align.models import LlavaModel
 from jax_align.run_lock import lock_run_dir
-from jax_align.sharding import DEFAULT_RULES, make_mesh, spec_for, state_shardings
+from jax_align.sharding import make_mesh, rules_from_config, spec_for, state_shardings, use_rules
 
 from .checkpointing import TrainCheckpointer, check_resume, fingerprint, resume_state
 from .config import Config, ConfigError, dump
@@ -107,8 +108,12 @@ def stack_micro_batches(batches: list[dict], pad_id: int) -> dict:
 
 
 class Trainer:
-    def __init__(self, cfg: Config):
+    """``Trainer(cfg, annotator=None).run()``. ``annotator`` ranks the policy's samples of the online stages
+    (:class:`jax_align.train.online.Annotator`; ``jax-align train`` builds it from ``online.annotator``)."""
+
+    def __init__(self, cfg: Config, annotator=None):
         self.cfg = cfg
+        self.annotator = annotator
 
     def _model(self, model_dir: str):
         """The starting model, built with the configured parameter dtype, compute dtype and remat policy."""
@@ -117,13 +122,15 @@ class Trainer:
         compute = None if cfg.model.compute_dtype in ("", "float32", "fp32") else _dtype(cfg.model.compute_dtype)
         if cfg.model.path:
             config, graphdef, params = load_model(model_dir, dtype=pdtype, compute_dtype=compute,
-                                                  remat=cfg.model.remat)
+                                                  remat=cfg.model.remat, attention=cfg.model.attention,
+                                                  scan_layers=cfg.model.scan_layers)
             return config, nnx.merge(graphdef, params)
         from jax_align.models import LlavaConfig
 
         config = LlavaConfig.from_hf_dir(model_dir).replace(source_dir=os.path.abspath(model_dir))
         return config, LlavaModel(config, rngs=nnx.Rngs(cfg.run.seed), param_dtype=pdtype, dtype=compute,
-                                  remat=cfg.model.remat)
+                                  remat=cfg.model.remat, attention=cfg.model.attention,
+                                  scan_layers=cfg.model.scan_layers)
 
     def run(self) -> dict:
         """Train; the run directory is locked for the whole run (a second run on it stops naming the holder)."""
@@ -183,10 +190,15 @@ class Trainer:
                           max_image_aspect_ratio=cfg.data.max_image_aspect_ratio or None)
         responses = dcfg.responses_per_group
         table = None
+        if stage.online and cfg.ref.mode == "cached":
+            raise ConfigError(f"run.stage={stage.name} samples new pairs every round: ref.mode=cached cannot hold "
+                              f"their reference log-probs (use ref.mode=copy or LoRA)")
         if stage.needs_reference and cfg.ref.mode == "cached":
             table = self._reference_table(dcfg, model, model_dir, micro_groups, responses)
-        pipeline = DataPipeline(dcfg, reference_logps=table)
-        pad_id = pipeline.tokenizer.pad_id
+        pipeline = None if stage.online else DataPipeline(dcfg, reference_logps=table)
+        from jax_align.data.tokenize import ChatTokenizer
+
+        pad_id = ChatTokenizer.from_model_dir(model_dir).pad_id if pipeline is None else pipeline.tokenizer.pad_id
 
         # ---- parameters, reference, optimizer
         from jax_align.models.lora import merged_state, split_lora
@@ -208,7 +220,7 @@ class Trainer:
             # a real copy: the policy's buffers are donated to every step
             ref = jax.tree.map(lambda x: jnp.array(x, dtype=ref_dtype or x.dtype, copy=True), full)
         tx = build_optimizer(cfg.optim, cfg.train.steps, params)
-        rules = DEFAULT_RULES
+        rules = rules_from_config(cfg.mesh.rules)
         p_sh = {"model": state_shardings(trainable, mesh, rules)}
         if "reward_head" in params:
             p_sh["reward_head"] = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), params["reward_head"])
@@ -230,7 +242,12 @@ class Trainer:
             state = restored
             if primary:
                 print(f"resuming from {cfg.run.dir}/checkpoints step {start}", flush=True)
-        iterator = pipeline.iterator(data_state)
+        if stage.online:
+            iterator = self._online_iterator(stage, dcfg, data_path, model_dir, config, graphdef, frozen, is_lora,
+                                             lambda: state, start)
+            iterator.set_state(data_state)
+        else:
+            iterator = pipeline.iterator(data_state)
 
         # ---- step function
         spec = StepSpec.from_config(cfg, stage, groups=micro_groups * n_proc, responses=responses)
@@ -241,6 +258,9 @@ class Trainer:
         t0 = time.perf_counter()
         last = {}
         try:
+            mesh_ctx = contextlib.ExitStack()  # activations get sharding constraints by name inside (sharding.py)
+            mesh_ctx.enter_context(jax.set_mesh(mesh))
+            mesh_ctx.enter_context(use_rules(rules))
             for step in range(start + 1, cfg.train.steps + 1):
                 host = stack_micro_batches([next(iterator) for _ in range(accum)], pad_id)
                 batch = self._global_batch(host, mesh)
@@ -277,6 +297,7 @@ class Trainer:
                 if step % cfg.checkpoint.every == 0 or step == cfg.train.steps:
                     ckpt.save(step, state, iterator.get_state(), cfg.to_dict())
         finally:
+            mesh_ctx.close()
             progress.close()
             metrics_log.close()
             ckpt.close()
@@ -324,6 +345,32 @@ class Trainer:
         _, n_records, k = reference_pass_batches(dcfg)
         return cache.get_or_compute(lambda: reference_pass_batches(dcfg)[0], compute, num_records=n_records,
                                     num_responses=k)
+
+    def _online_iterator(self, stage, dcfg, data_path, model_dir, config, graphdef, frozen, is_lora, state_fn,
+                         start):
+        """Rounds of policy samples ranked by the annotator (spec §2.1), sampled from the live train state."""
+        from jax_align.data.pipeline import DataPipeline
+        from jax_align.models.lora import merged_state
+
+        from .online import OnlineIterator, OnlineRounds, online_pipeline_config
+
+        cfg = self.cfg
+        if self.annotator is None:
+            raise ConfigError(f"run.stage={stage.name} needs an annotator: set online.annotator (world:DIR or "
+                              f"reward:MODEL)")
+
+        def params_fn():  # the policy's full state: the same arrays the step updates (LoRA: adapters folded in)
+            trainable = state_fn()["params"]["model"]
+            if is_lora:
+                return merged_state(graphdef, trainable, frozen)
+            return nnx.state(nnx.merge(graphdef, trainable, frozen))
+
+        graphdef_full = nnx.graphdef(nnx.merge(graphdef, state_fn()["params"]["model"], frozen))
+        rounds = OnlineRounds(cfg, data_path, model_dir, config, graphdef_full, params_fn, self.annotator,
+                              mixed=stage.online == "mixed",
+                              prompts_per_round=cfg.data.batch_size * cfg.online.every // jax.process_count())
+        return OnlineIterator(rounds, lambda path: DataPipeline(online_pipeline_config(dcfg, path)),
+                              cfg.online.every * cfg.optim.grad_accum, start * cfg.optim.grad_accum)
 
     def _lr(self, tx, step):
         from .optim import schedule

@@ -64,3 +64,21 @@ def resolve_world_inputs(cfg: Config) -> Config:
         cfg.model.init = os.path.join(init_dir, "config.json")
         cfg.model.tokenizer = init_dir
     return cfg
+
+
+def make_annotator(cfg: Config):
+    """The annotator of an online stage from ``online.annotator``: ``world:DIR`` (ground truth; ``world`` alone
+    means the run's own world) or ``reward:MODEL``; ``None`` for other stages."""
+    if not get_stage(cfg.run.stage).online:
+        return None
+    spec = cfg.online.annotator or ("world" if cfg.data.world else "")
+    kind, _, arg = spec.partition(":")
+    if kind == "world":
+        from jax_align.world.annotator import WorldAnnotator
+
+        return WorldAnnotator(arg or os.path.join(cfg.run.dir, "world"))
+    if kind == "reward" and arg:
+        from jax_align.train.online import RewardModelAnnotator
+
+        return RewardModelAnnotator(arg)
+    raise ValueError(f"online.annotator: {spec!r}: expected world:DIR or reward:MODEL")
