@@ -217,17 +217,6 @@ def test_bdhs_keep_masks_cover_variable_image_tokens(setup):
     assert np.mean([k.mean() for _, keeps in seen for k in keeps]) < 0.1
 
 
-def _trainer_takes_anyres() -> bool:
-    """The training forward builds the AnyRes image input from the batch (models.anyres.batch_images)."""
-    import inspect
-
-    from jax_align.train import forward
-
-    return "batch_images" in inspect.getsource(forward)
-
-
-@pytest.mark.skipif(not _trainer_takes_anyres(), reason="jax_align/train/forward.py does not pass "
-                    "models.anyres.batch_images(batch) to the model yet")
 def test_trainer_dpo_and_lora_on_anyres(setup, tmp_path):
     from jax_align.train.config import load_config
     from jax_align.train.trainer import Trainer

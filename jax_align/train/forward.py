@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jax_align.logprobs import token_logprobs
+from jax_align.models.anyres import batch_images
 
 from .reward_head import apply_head
 
@@ -20,7 +21,8 @@ IGNORE = -100
 
 
 def hidden_states(model, batch, keep=None):
-    hidden, _ = model.hidden_states(batch["input_ids"], batch["pixel_values"], segment_ids=batch["segment_ids"],
+    # the image input: pixel tiles, plus the AnyRes gather plan when the batch carries one (LLaVA-NeXT/OneVision)
+    hidden, _ = model.hidden_states(batch["input_ids"], batch_images(batch), segment_ids=batch["segment_ids"],
                                     prefix_segment_ids=batch["prefix_segment_ids"], positions=batch["positions"],
                                     image_keep_mask=keep)
     return hidden
