@@ -137,7 +137,7 @@ class FixedFrontend:
         return 1
 
     def preprocess(self, image) -> ProcessedImage:
-        from jax_align.data.images import ImageProcessorConfig, preprocess_image
+        from .image_processing import ImageProcessorConfig, preprocess_image
 
         pcfg = ImageProcessorConfig.from_dict(self.processor or {}, aspect_ratio=self.aspect_ratio)
         x = preprocess_image(image, pcfg)
@@ -261,7 +261,7 @@ class AnyResFrontend:
     def preprocess(self, image) -> ProcessedImage:
         """A PIL image -> base tile + grid tiles ``[T, C, H, W]`` float32, its size and its token count."""
         if self.do_convert_rgb:
-            from jax_align.data.images import to_rgb
+            from .image_processing import to_rgb
 
             image = to_rgb(image)
         x = np.asarray(image)
