@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 
@@ -115,14 +114,14 @@ class Demo:
         return self._path("runs", name, "model")
 
     def _export(self, name: str, run_model: str) -> str:
+        from jax_align.atomic import atomic_dir
         from jax_align.model_store import load_model
         from jax_align.models import to_hf
 
         config, _, params = load_model(run_model)
         dst = self._path("models", name)
-        if os.path.isdir(dst):
-            shutil.rmtree(dst)
-        to_hf(config, params, dst, source_dir=run_model)
+        with atomic_dir(dst) as work:  # an earlier export stays whole until the new one is complete
+            to_hf(config, params, work, source_dir=run_model)
         return dst
 
     def _evaluate(self, name: str, model_dir: str) -> dict:
@@ -278,7 +277,9 @@ class Demo:
             lines = [line for line in f if line.strip()]
         keep = np.random.default_rng(self.seed + 2).permutation(len(lines))[: self.plan.mmdpo_pairs]
         subset = self._path("data", "mmdpo_pairs.jsonl")
-        with open(subset, "w") as f:
+        from jax_align.atomic import atomic_file
+
+        with atomic_file(subset) as f:
             f.writelines(lines[i] for i in sorted(keep))
         pairs = subset
         rewards = score_pairs(reward_model, pairs, batch_size=self.plan.eval_batch // 2, buckets=self.plan.buckets)

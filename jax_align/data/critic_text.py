@@ -54,7 +54,9 @@ def critic_sft_file(scored_path: str, out_path: str, *, rubric: str = RUBRIC) ->
     source = open_records(scored_path)
     base_out = os.path.dirname(os.path.abspath(out_path))
     n = 0
-    with open(out_path + ".tmp", "w") as dst:
+    from jax_align.atomic import atomic_file
+
+    with atomic_file(out_path) as dst:
         for raw in source:
             group, problems = parse_record(raw.data, "scored", base_dir=source.base_dir)
             if group is None:
@@ -75,5 +77,4 @@ def critic_sft_file(scored_path: str, out_path: str, *, rubric: str = RUBRIC) ->
                     record["image"] = os.path.relpath(image, base_out)
                 dst.write(json.dumps(record) + "\n")
                 n += 1
-    os.replace(out_path + ".tmp", out_path)
     return n
