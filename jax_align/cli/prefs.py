@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # Recipe modules with ``register(subparsers)``; each sub-parser sets ``_recipe_run`` (``run(args) -> int``).
-RECIPE_MODULES: tuple[str, ...] = ("jax_align.cli.prefs_amp",)
+RECIPE_MODULES: tuple[str, ...] = ("jax_align.cli.prefs_eaco", "jax_align.cli.prefs_amp")
 
 
 def read_jsonl(path: str) -> list[dict]:

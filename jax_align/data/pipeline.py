@@ -101,6 +101,9 @@ class DataConfig:
     max_image_pixels: int | None = None  # image decode limits (None: ImageLimits.default())
     max_image_aspect_ratio: float | None = None
     required_fields: tuple[str, ...] = ()  # optional record fields the consumer cannot do without (mmdpo: margin)
+    # ranked/scored records (K >= 2 scored responses) are cut to their best/worst pair (EACO, spec §1.2 step 5;
+    # jax_align.data.pairing.reduce_to_pair) so a pairwise stage (dpo) trains on them
+    pair_from_ranked: bool = False
 
     def __post_init__(self):
         if self.format not in FORMATS:
@@ -210,6 +213,12 @@ class RecordProcessor:
 
     def __call__(self, item: tuple[int, RawRecord]) -> PreparedGroup | Skipped:
         epoch, raw = item
+        if self.cfg.pair_from_ranked:
+            from dataclasses import replace
+
+            from jax_align.data.pairing import reduce_to_pair
+
+            raw = replace(raw, data=reduce_to_pair(raw.data))
         result = self.checker.check(raw, self.path, self.base_dir, keep_images=True)
         if not result.ok:
             return Skipped(epoch, tuple(result.problems))

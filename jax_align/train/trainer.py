@@ -185,6 +185,7 @@ class Trainer:
                           num_responses=stage.responses or cfg.data.num_responses or None,
                           critique_prompt=stage.critique_prompt, round_weight=cfg.data.round_weight,
                           required_fields=stage.record_fields(cfg), max_skip_fraction=cfg.data.max_skip_fraction,
+                          pair_from_ranked=stage.responses == 2 and fmt in ("ranked", "scored"),
                           allow_absolute_paths=cfg.data.allow_absolute_paths,
                           max_image_pixels=cfg.data.max_image_pixels or None,
                           max_image_aspect_ratio=cfg.data.max_image_aspect_ratio or None)

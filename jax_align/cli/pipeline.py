@@ -1,0 +1,235 @@
+"""``jax-align pipeline eaco CONFIG [key=value ...]``: EACO end to end, resumable (spec §1.2-1.5).
+
+Stages, in order (each writes ``DIR/.done/STAGE`` when it has finished; a re-run skips finished stages, so a
+half-finished pipeline resumes from its last finished stage, and an interrupted training stage resumes from its
+own checkpoints):
+
+1. ``policy`` (optional): train the starting policy when ``policy.train`` is given (else ``policy.model``);
+2. ``critic``: the generative critic (``critic`` stage on scored candidates, §1.3), starting from the policy;
+3. ``pairs``: ``jax-align prefs eaco`` (N samples per image judged by the critic, best/worst, §1.2);
+4. ``dpo``: DPO on the pairs (β 0.1, LoRA with the adapters-off reference, §1.4-1.5);
+5. ``describe``: ``jax-align prefs describe`` with the DPO model (§1.2 step 7);
+6. ``sft``: SFT on the description-infused records, starting from the DPO model (§1.5).
+
+The CONFIG (``configs/presets/eaco_*.yaml``) has ``dir``, an optional ``world: {seed, n}`` (rendered into
+``DIR/world``; ``WORLD`` in any path stands for it), and one section per stage; a training stage's ``train``
+mapping is a ``jax-align train`` config (sections ``run``, ``model``, ``data``, ``optim``, ``loss``, ``lora``,
+``train``, ...) whose ``run.dir``, ``run.stage``, model and data paths the pipeline fills in unless given.
+Every intermediate file is validated as ``data validate`` would (pairs as ``pairwise`` and ``ranked``, the
+described records as ``sft``) before the next stage reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import yaml
+
+STAGES = ("policy", "critic", "pairs", "dpo", "describe", "sft")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", choices=("eaco",), help="the pipeline to run")
+    parser.add_argument("config", help="pipeline YAML (configs/presets/eaco_tiny.yaml, eaco_7b.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the pipeline config (e.g. dir=runs/x, "
+                        "dpo.train.train.steps=5)")
+    parser.add_argument("--dry-run", action="store_true", help="print the stages and what each would do, run none")
+
+
+def load_pipeline(path: str, overrides: list[str] = ()) -> dict:
+    from jax_align.cli.errors import CommandError
+
+    if not os.path.isfile(path):
+        raise CommandError("no such file", file=path, field="config")
+    with open(path, encoding="utf-8") as f:
+        cfg = yaml.safe_load(f) or {}
+    if not isinstance(cfg, dict):
+        raise CommandError("expected a mapping", file=path, field="config")
+    for item in overrides:
+        if "=" not in item:
+            raise CommandError(f"override {item!r} is not key=value", field="overrides")
+        key, value = item.split("=", 1)
+        node = cfg
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise CommandError(f"{p} is not a mapping", file=path, field=key)
+        node[leaf] = yaml.safe_load(value) if value.strip() else ""
+    unknown = set(cfg) - {"pipeline", "dir", "world", *STAGES}
+    if unknown:
+        raise CommandError(f"unknown sections {sorted(unknown)}; expected dir, world, {', '.join(STAGES)}",
+                           file=path, field="config")
+    if not cfg.get("dir"):
+        raise CommandError("missing field: the pipeline's output directory", file=path, field="dir")
+    if not (cfg.get("policy") or {}).get("model") and not (cfg.get("policy") or {}).get("train"):
+        raise CommandError("missing field: policy.model (a model directory) or policy.train (a train config)",
+                           file=path, field="policy")
+    return cfg
+
+
+def _paths(value, world: str | None):
+    """``WORLD`` in strings replaced by the world directory (recursively)."""
+    if isinstance(value, str):
+        if "WORLD" in value and world is None:
+            raise ValueError(f"{value!r} names WORLD but the pipeline config has no world section")
+        return value.replace("WORLD", world) if world else value
+    if isinstance(value, dict):
+        return {k: _paths(v, world) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_paths(v, world) for v in value]
+    return value
+
+
+def _overrides(train: dict) -> list[str]:
+    """A nested ``jax-align train`` config as ``section.key=value`` overrides."""
+    out = []
+    for section, values in train.items():
+        if not isinstance(values, dict):
+            raise ValueError(f"train config section {section!r} must be a mapping")
+        for key, value in values.items():
+            out.append(f"{section}.{key}=" + yaml.safe_dump(value, default_flow_style=True).strip().removesuffix(
+                "\n...").removesuffix("..."))
+    return out
+
+
+def _train(stage_name: str, spec: dict, run_dir: str, *, model: str | None, data: str | None) -> str:
+    """Run one training stage through the trainer's public API; returns its final model directory."""
+    from jax_align.train.config import load_config
+    from jax_align.train.trainer import Trainer
+    from jax_align.world.train_inputs import resolve_world_inputs
+
+    train = {k: dict(v) for k, v in (spec.get("train") or {}).items()}
+    train.setdefault("run", {}).setdefault("dir", run_dir)
+    train["run"].setdefault("stage", stage_name)
+    m = train.setdefault("model", {})
+    if model and not m.get("path") and not m.get("init"):
+        m["path"] = model
+    d = train.setdefault("data", {})
+    if data and not d.get("train"):
+        d["train"] = data
+    d.setdefault("allow_absolute_paths", True)  # the pipeline's own files point into DIR/world
+    cfg = resolve_world_inputs(load_config(None, _overrides(train)))
+    summary = Trainer(cfg).run()
+    return summary.get("model") or os.path.join(cfg.run.dir, "model")
+
+
+def _validate(path: str, fmt: str) -> None:
+    """Every record of ``path`` parses in ``fmt`` (images checked), or stop naming the first bad record."""
+    from jax_align.data.problems import DataError
+    from jax_align.data.readers import open_records
+    from jax_align.data.validate import RecordChecker, iter_problems
+
+    problems = list(iter_problems(open_records(path), RecordChecker(fmt=fmt, allow_absolute_paths=True)))
+    if problems:
+        raise DataError(problems[:1])
+
+
+def _args(**kw) -> argparse.Namespace:
+    return argparse.Namespace(**kw)
+
+
+def plan(cfg: dict) -> list[tuple[str, str]]:
+    """``(stage, what it does)`` for every stage that runs (``policy`` only with ``policy.train``)."""
+    d = cfg["dir"]
+    steps = []
+    if (cfg.get("policy") or {}).get("train"):
+        steps.append(("policy", f"train the starting policy -> {d}/policy/model"))
+    steps += [("critic", f"train the generative critic (§1.3) -> {d}/critic/model"),
+              ("pairs", f"prefs eaco: sample, judge, best/worst (§1.2) -> {d}/pairs.jsonl"),
+              ("dpo", f"DPO on the pairs (§1.4) -> {d}/dpo/model"),
+              ("describe", f"prefs describe with the DPO model (§1.2 step 7) -> {d}/described.jsonl"),
+              ("sft", f"SFT on the described records from the DPO model (§1.5) -> {d}/sft/model")]
+    return steps
+
+
+def check_train_configs(cfg: dict) -> None:
+    """Every training stage's config loads (keys, types, values) before the first stage runs."""
+    from jax_align.train.config import load_config
+
+    world = os.path.join(os.path.abspath(cfg["dir"]), "world") if cfg.get("world") else None
+    for name in ("policy", "critic", "dpo", "sft"):
+        train = _paths((cfg.get(name) or {}).get("train") or {}, world)
+        if train or name != "policy":
+            stage = {"policy": "sft"}.get(name, name)
+            load_config(None, [*_overrides(train), f"run.stage={stage}"])
+
+
+def run(args) -> int:
+    cfg = load_pipeline(args.config, args.overrides)
+    check_train_configs(cfg)
+    steps = plan(cfg)
+    if args.dry_run:
+        for name, what in steps:
+            print(f"{name}: {what}")
+        return 0
+    print(json.dumps(run_eaco(cfg)))
+    return 0
+
+
+def run_eaco(cfg: dict, log=print) -> dict:
+    """Run (or resume) the EACO pipeline of ``cfg``; returns ``{stage: "ran" | "done before"}`` and outputs."""
+    from jax_align.atomic import write_json
+    from jax_align.cli.prefs_eaco import run_describe
+    from jax_align.cli.prefs_eaco import run_eaco as run_pairs
+
+    d = os.path.abspath(cfg["dir"])
+    done_dir = os.path.join(d, ".done")
+    os.makedirs(done_dir, exist_ok=True)
+    world = None
+    if cfg.get("world"):
+        from jax_align.world.datasets import write_world
+
+        world = os.path.join(d, "world")
+        if not os.path.isfile(os.path.join(world, "world.json")):
+            write_world(world, seed=int(cfg["world"].get("seed", 0)), n=int(cfg["world"].get("n", 32)))
+    cfg = {k: _paths(v, world) for k, v in cfg.items()}
+    out = {"policy": (cfg["policy"] or {}).get("model"), "critic": os.path.join(d, "critic", "model"),
+           "pairs": os.path.join(d, "pairs.jsonl"), "dpo": os.path.join(d, "dpo", "model"),
+           "describe": os.path.join(d, "described.jsonl"), "sft": os.path.join(d, "sft", "model")}
+    if (cfg["policy"] or {}).get("train"):
+        out["policy"] = os.path.join(d, "policy", "model")
+    status = {}
+    for name, _ in plan(cfg):
+        marker = os.path.join(done_dir, name)
+        if os.path.isfile(marker):
+            status[name] = "done before"
+            log(f"pipeline eaco: {name}: finished before ({marker}), skipped")
+            continue
+        log(f"pipeline eaco: {name}: running")
+        t0 = time.time()
+        spec = cfg.get(name) or {}
+        if name == "policy":
+            _train("sft", spec, os.path.join(d, "policy"), model=None, data=None)
+        elif name == "critic":
+            data = spec.get("data") or (os.path.join(world, "reward.jsonl") if world else None)
+            _train("critic", spec, os.path.join(d, "critic"), model=spec.get("base") or out["policy"], data=data)
+        elif name == "pairs":
+            run_pairs(_args(policy=out["policy"], critic=out["critic"], output=out["pairs"],
+                            input=spec.get("input") or os.path.join(world or "", "captions.jsonl"),
+                            n_samples=int(spec.get("n_samples", 5)), temperature=float(spec.get("temperature", 0.2)),
+                            max_new_tokens=int(spec.get("max_new_tokens", 1024)),
+                            critic_max_new_tokens=int(spec.get("critic_max_new_tokens", 256)),
+                            prompts=str(spec.get("prompts", "default")), drop_ties=bool(spec.get("drop_ties")),
+                            seed=int(spec.get("seed", 42)), batch_size=int(spec.get("batch_size", 8)),
+                            limit=int(spec.get("limit", 0)), allow_absolute_paths=True))
+            _validate(out["pairs"], "pairwise")
+            _validate(out["pairs"], "ranked")
+        elif name == "dpo":
+            _train("dpo", spec, os.path.join(d, "dpo"), model=out["policy"], data=out["pairs"])
+        elif name == "describe":
+            run_describe(_args(model=out["dpo"], output=out["describe"],
+                               input=spec.get("input") or os.path.join(world or "", "sft.jsonl"),
+                               temperature=float(spec.get("temperature", 0.2)),
+                               max_new_tokens=int(spec.get("max_new_tokens", 1024)), seed=int(spec.get("seed", 42)),
+                               batch_size=int(spec.get("batch_size", 8)), limit=int(spec.get("limit", 0)),
+                               allow_absolute_paths=True))
+            _validate(out["describe"], "sft")
+        elif name == "sft":
+            _train("sft", spec, os.path.join(d, "sft"), model=out["dpo"], data=out["describe"])
+        write_json(marker, {"stage": name, "output": out[name], "seconds": round(time.time() - t0, 2)})
+        status[name] = "ran"
+    return {"stages": status, "outputs": out}
