@@ -1,0 +1,123 @@
+"""``jax-align curate``: Align²LLaVA instruction curation with reward models (spec §3.1, :mod:`jax_align.recipes.
+align2llava`).
+
+* ``curate rank-questions --rm RMQ --input INSTRUCT.jsonl --output OUT.jsonl --keep 0.3``: each conversation's
+  human turns, one per line, scored by the question reward model; the top ``keep`` per instruction type kept.
+* ``curate rank-answers --rm RMA --input ... --keep 0.3``: each (question, answer) turn scored by the answer
+  reward model; a conversation scores the mean of its turns (the best candidate per turn, §3.1 step 4; here the
+  original answer, ``repeat_times = 1``); the top ``keep`` per type kept.
+
+The reward models are ``reward`` stage runs (``run.dir/model``, linear head on the last token). Library
+decision: the RMs read the model's chat template around ``<image>`` + text rather than the code's ``plain``
+template (§3.2), the same rendering the ``reward`` stage trains with. Output: the kept records (valid ``sft``
+records) with ``curation: {score, type, stage}``, shuffled with ``--seed`` as ``merge_final.py`` does (1234);
+a summary per type on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="curate_command", metavar="STEP", required=True)
+    for name, help_text in (("rank-questions", "keep the conversations whose questions the question RM ranks "
+                             "highest, per instruction type (§3.1 step 3)"),
+                            ("rank-answers", "keep the conversations whose answers the answer RM ranks highest, "
+                             "per instruction type (§3.1 step 4)")):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--rm", required=True, help="run.dir/model of a `reward` stage run")
+        p.add_argument("--input", required=True, help="LLaVA conversations (e.g. LLaVA-Instruct records)")
+        p.add_argument("--output", required=True, help="the kept records, each with curation: {score, type}")
+        p.add_argument("--keep", type=float, default=0.3, help="fraction kept per instruction type (code: 0.3)")
+        p.add_argument("--type-field", default="type",
+                       help="record field naming the instruction type (complex_reasoning / conversation / detail); "
+                            "records without it form one type")
+        p.add_argument("--seed", type=int, default=1234, help="shuffle of the merged output (merge_final.py: 1234)")
+        p.add_argument("--batch-size", type=int, default=8)
+        p.add_argument("--max-length", type=int, default=512, help="tokens per scored row (longer are truncated)")
+        p.add_argument("--allow-absolute-paths", action="store_true",
+                       help="accept image paths outside the input file's directory (absolute or ../)")
+
+
+def _check(args, records: list[dict]) -> None:
+    from jax_align.cli.errors import CommandError
+    from jax_align.cli.prefs import check_image_paths
+    from jax_align.data.records import parse_record
+
+    if not (0.0 < args.keep <= 1.0):
+        raise CommandError(f"must be in (0, 1], got {args.keep}", field="--keep")
+    check_image_paths(args.input, records, args.allow_absolute_paths)
+    base = os.path.dirname(os.path.abspath(args.input))
+    for n, rec in enumerate(records, 1):
+        _, problems = parse_record(rec, "sft", base_dir=base, allow_absolute_paths=True)
+        if problems:
+            field, msg = problems[0]
+            raise CommandError(msg, file=args.input, record=n, field=field)
+
+
+def score_groups(rm: str, groups: list[dict], base_dir: str, *, batch_size: int, max_length: int) -> list[float]:
+    """The reward model's score of each one-response group (written to a hidden file beside the input)."""
+    from jax_align.train.score import score_file
+
+    tmp_in = os.path.join(base_dir, f".curate-{os.getpid()}.in.jsonl")
+    tmp_out = os.path.join(base_dir, f".curate-{os.getpid()}.out.jsonl")
+    try:
+        with open(tmp_in, "w", encoding="utf-8") as f:
+            for g in groups:
+                f.write(json.dumps(g) + "\n")
+        score_file(rm, tmp_in, tmp_out, fmt="scored", batch_size=batch_size, buckets=(max_length,),
+                   max_length=max_length)
+        with open(tmp_out, encoding="utf-8") as f:
+            return [float(json.loads(line)["rewards"][0]) for line in f if line.strip()]
+    finally:
+        for p in (tmp_in, tmp_out):
+            if os.path.exists(p):
+                os.remove(p)
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from jax_align.atomic import check_writable
+    from jax_align.cli.errors import CommandError, located
+    from jax_align.cli.prefs import read_jsonl
+    from jax_align.recipes.align2llava import answer_turns, keep_top, question_text
+    from jax_align.recipes.bdhs import write_pairs
+    from jax_align.train.reward_head import has_head
+
+    with located(args.output, "--output"):
+        check_writable(args.output)
+    records = read_jsonl(args.input)
+    _check(args, records)
+    if not os.path.isdir(args.rm) or not has_head(args.rm):
+        raise CommandError("not a reward model (run.dir/model of a `reward` stage run)", file=args.rm, field="--rm")
+    base = os.path.dirname(os.path.abspath(args.input))
+    groups, owner = [], []
+    for i, rec in enumerate(records):
+        image = rec.get("image")
+        if args.curate_command == "rank-questions":
+            groups.append({"image": image, "prompt": "<image>", "responses": [question_text(rec)], "scores": [0]})
+            owner.append(i)
+        else:
+            for q, a in answer_turns(rec):
+                groups.append({"image": image, "prompt": q, "responses": [a], "scores": [0]})
+                owner.append(i)
+    with located(args.rm, "--rm"):
+        rewards = score_groups(args.rm, groups, base, batch_size=args.batch_size, max_length=args.max_length)
+    per_record: dict[int, list[float]] = {}
+    for i, r in zip(owner, rewards, strict=True):
+        per_record.setdefault(i, []).append(r)
+    scores = [float(np.mean(per_record[i])) if i in per_record else float("-inf") for i in range(len(records))]
+    types = [str(rec.get(args.type_field) or "all") for rec in records]
+    kept = keep_top(scores, types, args.keep)
+    stage = "questions" if args.curate_command == "rank-questions" else "answers"
+    out = [{**records[i], "curation": {"score": scores[i], "type": types[i], "stage": stage}} for i in kept]
+    order = np.random.default_rng(args.seed).permutation(len(out))
+    write_pairs([out[int(j)] for j in order], base, args.output)
+    summary = {t: {"records": types.count(t), "kept": sum(types[i] == t for i in kept)} for t in dict.fromkeys(types)}
+    print(json.dumps({"stage": stage, "keep": args.keep, "types": summary, "kept": len(kept),
+                      "records": len(records)}))
+    return 0
