@@ -213,6 +213,7 @@ def test_auto_check_ranks_captions_by_ground_truth_objects(setup, tmp_path):
                 if truth[i] != truth[j]:
                     total += 1
                     good += truth[i] > truth[j]
+    print(f"auto-check: {good}/{total} candidate pairs ordered by true-object count")
     assert total >= 40
     assert good / total >= 0.85, (good, total)
 
@@ -277,7 +278,26 @@ def test_mdpo_on_amp_data_raises_the_standard_response(setup, tmp_path):
             total += 1
             wins += r[0] > r[j]
             margin += r[0] - r[j]
+    print(f"mdpo on AMP data: standard above expert in {wins}/{total} pairs, mean margin {margin / total:.3f}")
     assert total > 0
     # at the start every implicit reward is 0 (policy = reference): MDPO put the standard answer above the experts'
     assert wins / total >= GOAL, (wins, total)
     assert margin / total > 0
+
+
+def test_ig_trains_on_cumulative_parts_and_answers_base_last(setup, tmp_path):
+    from jax_align.recipes.amp import split_cumulative
+
+    assert [len(p) for p in split_cumulative(list(range(10)), 3)] == [3, 7, 10]  # F_1, F_1..F_2, F_1..F_3
+    out = os.path.join(setup["world"], "amp_ig.jsonl")
+    work = str(tmp_path / "ig")
+    assert main(["prefs", "amp-ig", "--base", setup["base"], "--sft", os.path.join(setup["world"], "sft.jsonl"),
+                 "--parts", "1", "--work-dir", work, "--input", setup["prompts"], "--output", out, "--limit", "3",
+                 "--num-beams", "2", "--max-new-tokens", "8", "--set", "train.steps=2", "--set", "data.max_length=160",
+                 "--set", "train.progress=false", "--set", "checkpoint.every=1000", "--set", "optim.lr=1e-3"]) == 0
+    assert main(["data", "validate", out, "--format", "ranked"]) == 0
+    tuned = os.path.join(work, "part_1", "run", "model")
+    assert os.path.isdir(tuned)
+    for g in _read(out):
+        assert g["amp"]["method"] == "ig" and g["amp"]["sources"][0] == "standard"
+        assert g["amp"]["sources"][1:] == [p for p in (tuned, setup["base"]) if p in g["amp"]["sources"]]

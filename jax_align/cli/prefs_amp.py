@@ -187,6 +187,9 @@ def run_ig(args) -> int:
         raise CommandError("base model directory not found", file=args.base, field="--base")
     if not os.path.isfile(args.sft):
         raise CommandError("no such file", file=args.sft, field="--sft")
+    from jax_align.cli.prefs import check_image_paths, read_jsonl
+
+    check_image_paths(args.sft, read_jsonl(args.sft), args.allow_absolute_paths)  # before any training
     sp = _sampling(args)
     records, base = _prompt_records(args)
     groups, stats = ig(args.base, args.sft, records, parts=args.parts, work_dir=args.work_dir,

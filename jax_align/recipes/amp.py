@@ -153,6 +153,21 @@ def run_meg(expert_paths: Sequence[str], records: Sequence[dict], *, base_dir: s
     return groups, stats
 
 
+def _absolute_images(record: dict, base_dir: str) -> dict:
+    """``record`` with relative ``image``/``images`` paths made absolute against ``base_dir`` (URLs kept)."""
+
+    def absolute(v):
+        if isinstance(v, str) and not v.startswith(("http:", "https:", "data:")):
+            return os.path.normpath(os.path.join(base_dir, v))
+        return v
+
+    out = dict(record)
+    for key in ("image", "images"):
+        if key in out:
+            out[key] = [absolute(x) for x in out[key]] if isinstance(out[key], list) else absolute(out[key])
+    return out
+
+
 def split_cumulative(records: Sequence, parts: int) -> list[list]:
     """The cumulative subsets ``S_i = F_1 .. F_i`` of ``records`` cut into ``parts`` equal parts (§5.1 IG)."""
     if parts < 1 or parts > len(records):
@@ -170,7 +185,6 @@ def run_ig(base_model: str, sft_path: str, records: Sequence[dict], *, parts: in
     base; groups ``[standard, M_parts (most data), ..., M_1, base]`` (the stated default order)."""
     import json
 
-    from jax_align.data.image_paths import rebase_images
     from jax_align.train.config import load_config
     from jax_align.train.trainer import Trainer
 
@@ -184,11 +198,11 @@ def run_ig(base_model: str, sft_path: str, records: Sequence[dict], *, parts: in
         os.makedirs(part_dir, exist_ok=True)
         train = os.path.join(part_dir, "train.jsonl")
         with open(train, "w", encoding="utf-8") as f:
-            for r in subset:
-                f.write(json.dumps(rebase_images(r, sft_dir, part_dir), ensure_ascii=False) + "\n")
+            for r in subset:  # absolute image paths (checked against the SFT file's directory by the caller)
+                f.write(json.dumps(_absolute_images(r, sft_dir), ensure_ascii=False) + "\n")
         run_dir = os.path.join(part_dir, "run")
         cfg = load_config(config, [f"run.dir={run_dir}", "run.stage=sft", f"model.path={base_model}",
-                                   f"data.train={train}", *overrides])
+                                   f"data.train={train}", "data.allow_absolute_paths=true", *overrides])
         if log:
             log(f"amp-ig: part {i}/{parts}: SFT on {len(subset)} records -> {run_dir}")
         Trainer(cfg).run()
