@@ -594,6 +594,26 @@ class DataPipeline:
             H = W = frontend.tile
         self.collator = Collator(cfg, self.tokenizer.pad_id, (3, H, W), frontend)
 
+    def preflight(self, n: int = 64) -> None:
+        """Check the first ``n`` records of this shard (parse, images, tokenization) now, so that bad data stops
+        a run in seconds, before any model is built: with ``on_error=strict`` the first fault raises
+        :class:`DataError`; with ``skip``, ``n`` bad records in a row do."""
+        if self.records_per_epoch == 0:
+            raise ValueError(f"{self.cfg.path}: no records for shard {self.cfg.shard_index} of "
+                             f"{self.cfg.shard_count}")
+        problems = []
+        count = min(n, self.records_per_epoch)
+        for i in range(count):
+            out = self.processor((0, self.source[self.cfg.shard_index + i * self.cfg.shard_count]))
+            if isinstance(out, Skipped):
+                if self.cfg.on_error == "strict":
+                    raise DataError(out.problems)
+                problems.append(out.problems[0])
+        if count and len(problems) == count:
+            first = problems[0]
+            raise DataError([Problem(first.path, first.record, first.field,
+                                     f"{first.message} [the first {count} records are all bad]")])
+
     @property
     def records_per_epoch(self) -> int:
         """Records this shard reads per epoch (shards are equal: the remainder is dropped)."""

@@ -164,7 +164,6 @@ class Trainer:
         if primary:
             dump(cfg, os.path.join(cfg.run.dir, "config.yaml"))
         model_dir, data_path = prepare_inputs(cfg, stage)
-        config, model = self._model(model_dir)
 
         # ---- data
         from jax_align.data.pipeline import DataConfig, DataPipeline
@@ -190,6 +189,9 @@ class Trainer:
                           max_image_pixels=cfg.data.max_image_pixels or None,
                           max_image_aspect_ratio=cfg.data.max_image_aspect_ratio or None)
         responses = dcfg.responses_per_group
+        if not stage.online:  # data faults stop the run here, in seconds, before any model is built
+            DataPipeline(dcfg).preflight()
+        config, model = self._model(model_dir)
         table = None
         if stage.online and cfg.ref.mode == "cached":
             raise ConfigError(f"run.stage={stage.name} samples new pairs every round: ref.mode=cached cannot hold "
