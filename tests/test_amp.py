@@ -301,3 +301,23 @@ def test_ig_trains_on_cumulative_parts_and_answers_base_last(setup, tmp_path):
     for g in _read(out):
         assert g["amp"]["method"] == "ig" and g["amp"]["sources"][0] == "standard"
         assert g["amp"]["sources"][1:] == [p for p in (tuned, setup["base"]) if p in g["amp"]["sources"]]
+
+
+def test_amp_check_reads_amp_output_k_conversations(setup):
+    """AMP's own record format (§5.4): a JSON list of ``output_1..K`` multi-round conversations, best first."""
+    turn = lambda a, b: [{"from": "human", "value": "<image>\nDescribe the image."}, {"from": "gpt", "value": a},  # noqa: E731
+                         {"from": "human", "value": "What else?"}, {"from": "gpt", "value": b}]
+    record = {"image": "images/000000.png",
+              "output_1": turn("There is a small blue circle at the bottom center.", "There is a red star at the top."),
+              "output_2": turn("There is a large green square at the top left.", "There is a yellow cross."),
+              "output_3": turn("There is a small blue circle at the bottom center.", "Nothing else.")}
+    inp = os.path.join(setup["world"], "amp_format.json")
+    with open(inp, "w") as f:
+        json.dump([record], f)
+    out = os.path.join(setup["world"], "amp_format_checked.jsonl")
+    assert main(["prefs", "amp-check", "--clip", setup["clip"], "--input", inp, "--output", out]) == 0
+    assert main(["data", "validate", out, "--format", "ranked"]) == 0
+    (rec,) = _read(out)
+    assert [r[-1]["content"] for r in rec["responses"]] == ["There is a red star at the top.", "Nothing else.",
+                                                           "There is a yellow cross."]  # output_3 shares chunks
+    assert rec["amp_check"]["previous_rank"] == [0, 2, 1] and rec["scores"] == [2.0, 1.0, 0.0]
