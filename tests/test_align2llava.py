@@ -55,17 +55,23 @@ def test_keep_top_per_type_and_turns():
     assert answer_turns(conv) == [("What is it?", "A star."), ("Where?", "Top left.")]
 
 
-def test_curate_rank_answers_keeps_top_fraction_per_type(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_rm(tmp_path_factory):
+    """A 2-step `reward` stage run on a small world (its model: a linear head on the last token)."""
     from jax_align.train.config import load_config
     from jax_align.train.trainer import Trainer
     from jax_align.world.train_inputs import resolve_world_inputs
 
+    run_dir = tmp_path_factory.mktemp("a2l") / "rm"
     cfg = load_config(os.path.join(ROOT, "configs", "tiny_reward.yaml"),
-                      [f"run.dir={tmp_path / 'rm'}", "train.steps=2", "train.progress=false",
-                       "data.world={seed: 1, n: 8}"])
+                      [f"run.dir={run_dir}", "train.steps=2", "train.progress=false", "data.world={seed: 1, n: 8}"])
     Trainer(resolve_world_inputs(cfg)).run()
-    world = tmp_path / "rm" / "world"
-    typed = world / "typed.jsonl"
+    return run_dir
+
+
+def test_curate_rank_answers_keeps_top_fraction_per_type(tiny_rm, tmp_path):
+    world = tiny_rm / "world"
+    typed = world / f"typed-{tmp_path.name}.jsonl"
     with open(typed, "w") as f:
         for line in open(world / "sft.jsonl"):
             r = json.loads(line)
@@ -73,7 +79,7 @@ def test_curate_rank_answers_keeps_top_fraction_per_type(tmp_path):
 
     def curate(keep, out):
         proc = subprocess.run([sys.executable, "-m", "jax_align.cli.main", "curate", "rank-answers", "--rm",
-                               str(tmp_path / "rm" / "model"), "--input", str(typed), "--output", str(out),
+                               str(tiny_rm / "model"), "--input", str(typed), "--output", str(out),
                                "--keep", str(keep), "--max-length", "160"], cwd=ROOT, capture_output=True, text=True,
                               timeout=600)
         assert proc.returncode == 0, proc.stderr[-2000:]
@@ -90,6 +96,72 @@ def test_curate_rank_answers_keeps_top_fraction_per_type(tmp_path):
         got = [r for r in kept if r["curation"]["type"] == t]
         assert sorted(r["curation"]["score"] for r in got) == sorted(r["curation"]["score"] for r in want)
         assert summary["types"][t] == {"records": len(rows), "kept": len(want)}
-    proc = subprocess.run([sys.executable, "-m", "jax_align.cli.main", "data", "validate", str(tmp_path / "kept.jsonl"),
-                           "--format", "sft"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "jax_align.cli.main", "data", "validate",
+                           str(tmp_path / "kept.jsonl"), "--format", "sft", "--allow-absolute-paths"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+class _FakeLLM:
+    """Rewrites by reversing the answer's words; the review says yes only for answers mentioning a circle."""
+
+    def __init__(self):
+        self.prompts = []
+
+    def generate(self, prompts, sampling=None, **kw):
+        from types import SimpleNamespace
+
+        self.prompts.extend(prompts)
+        out = []
+        for p in prompts:
+            text = p["prompt"]
+            if text.startswith("Does the rewritten"):
+                reply = "Yes." if "circle" in text.split("Original: ")[1].split("\n")[0] else "No."
+            else:
+                reply = " ".join(reversed(text.split("\nAnswer: ")[1].split()))
+            out.append(SimpleNamespace(texts=[reply]))
+        return out
+
+
+def test_rewrite_text_only_and_review_keeps_meaning():
+    from jax_align.recipes.align2llava_rewrite import RewriteConfig, is_free_form, rewrite_records
+
+    long_a = "There is a small red circle at the top left of the image."
+    long_b = "There is a large blue square at the center of the image."
+    recs = [{"image": "a.png", "conversations": [{"from": "human", "value": "<image>\nDescribe."},
+                                                 {"from": "gpt", "value": long_a},
+                                                 {"from": "human", "value": "Is it red?"},
+                                                 {"from": "gpt", "value": "Yes."}]},
+            {"image": "b.png", "conversations": [{"from": "human", "value": "<image>\nDescribe."},
+                                                 {"from": "gpt", "value": long_b}]},
+            {"image": "c.png", "conversations": [{"from": "human", "value": "List."},
+                                                 {"from": "gpt", "value": "- one item here\n- two items here"}]}]
+    assert not is_free_form("- a list item that is long enough to count\n- b") and is_free_form(long_a)
+    llm = _FakeLLM()
+    out, counts = rewrite_records(llm, recs, RewriteConfig(review=True))
+    assert all(p["image"] is None and "<image>" not in p["prompt"] for p in llm.prompts)  # the text decoder alone
+    assert counts == {"answers": 4, "rewritten": 1, "unchanged": 0, "rejected": 1, "untouched": 2}
+    assert out[0]["conversations"][1]["value"] == " ".join(reversed(long_a.split()))
+    assert out[1]["conversations"][1]["value"] == long_b  # the review said the meaning changed: original kept
+    assert out[0]["conversations"][3]["value"] == "Yes." and out[2] == recs[2]
+    assert recs[0]["conversations"][1]["value"] == long_a  # input untouched
+    _, counts = rewrite_records(_FakeLLM(), recs, RewriteConfig(review=False))
+    assert counts["rewritten"] == 2 and counts["rejected"] == 0
+
+
+def test_curate_rewrite_cli_with_review(tiny_rm, tmp_path):
+    world = tiny_rm / "world"
+    out = tmp_path / "rewritten.jsonl"
+    src = [json.loads(line) for line in open(world / "sft.jsonl")][:6]
+    (world / "six.jsonl").write_text("".join(json.dumps(r) + "\n" for r in src))
+    proc = subprocess.run([sys.executable, "-m", "jax_align.cli.main", "curate", "rewrite", "--model",
+                           str(tiny_rm / "model"), "--input", str(world / "six.jsonl"), "--output", str(out),
+                           "--review", "--max-new-tokens", "8"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    counts = json.loads(proc.stdout.splitlines()[-1])
+    assert counts["answers"] == 6 and counts["untouched"] >= 1
+    assert counts["rewritten"] + counts["unchanged"] + counts["rejected"] + counts["untouched"] == 6
+    rows = [json.loads(line) for line in open(out)]
+    for new, old in zip(rows, src, strict=True):  # a 2-step model never says "Yes": every original kept
+        if counts["rewritten"] == 0:
+            assert new["conversations"] == old["conversations"]

@@ -3,6 +3,8 @@ align2llava`).
 
 * ``curate rank-questions --rm RMQ --input INSTRUCT.jsonl --output OUT.jsonl --keep 0.3``: each conversation's
   human turns, one per line, scored by the question reward model; the top ``keep`` per instruction type kept.
+* ``curate rewrite --model M --input SFT --output OUT [--review]``: the inner LLM rewrites free-form answers
+  (:mod:`jax_align.recipes.align2llava_rewrite`, §3.5).
 * ``curate rank-answers --rm RMA --input ... --keep 0.3``: each (question, answer) turn scored by the answer
   reward model; a conversation scores the mean of its turns (the best candidate per turn, §3.1 step 4; here the
   original answer, ``repeat_times = 1``); the top ``keep`` per type kept.
@@ -40,6 +42,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--max-length", type=int, default=512, help="tokens per scored row (longer are truncated)")
         p.add_argument("--allow-absolute-paths", action="store_true",
                        help="accept image paths outside the input file's directory (absolute or ../)")
+    w = sub.add_parser("rewrite", help="the inner LLM rewrites free-form answers in its own manner (§3.5)",
+                       description="the model's text decoder alone (no image) rewrites each free-form answer; "
+                                   "--review keeps the original when the same model judges the meaning changed")
+    w.add_argument("--model", required=True, help="the MLLM whose inner LLM rewrites (HF or jax-align directory)")
+    w.add_argument("--input", required=True, help="SFT records (LLaVA conversations or messages)")
+    w.add_argument("--output", required=True, help="the records with rewritten answers and a rewrite log per turn")
+    w.add_argument("--review", action="store_true", help="keep the original unless the model says the rewrite "
+                   "keeps the meaning")
+    w.add_argument("--min-words", type=int, default=8, help="shorter answers are kept as they are")
+    w.add_argument("--max-new-tokens", type=int, default=1024)
+    w.add_argument("--batch-size", type=int, default=8)
+    w.add_argument("--allow-absolute-paths", action="store_true",
+                   help="accept image paths outside the input file's directory (absolute or ../)")
 
 
 def _check(args, records: list[dict]) -> None:
@@ -47,7 +62,7 @@ def _check(args, records: list[dict]) -> None:
     from jax_align.cli.prefs import check_image_paths
     from jax_align.data.records import parse_record
 
-    if not (0.0 < args.keep <= 1.0):
+    if not (0.0 < getattr(args, "keep", 1.0) <= 1.0):
         raise CommandError(f"must be in (0, 1], got {args.keep}", field="--keep")
     check_image_paths(args.input, records, args.allow_absolute_paths)
     base = os.path.dirname(os.path.abspath(args.input))
@@ -78,6 +93,27 @@ def score_groups(rm: str, groups: list[dict], base_dir: str, *, batch_size: int,
                 os.remove(p)
 
 
+def run_rewrite(args) -> int:
+    from jax_align.cli.errors import CommandError, located
+    from jax_align.cli.prefs import read_jsonl
+    from jax_align.generate import Generator
+    from jax_align.recipes.align2llava_rewrite import RewriteConfig, rewrite_records
+    from jax_align.recipes.bdhs import write_pairs
+
+    records = read_jsonl(args.input)
+    _check(args, records)
+    if not os.path.isdir(args.model):
+        raise CommandError("no such model directory", file=args.model, field="--model")
+    with located(args.model, "--model"):
+        model = Generator.from_model_dir(args.model)
+    out, counts = rewrite_records(model, records, RewriteConfig(review=args.review, min_words=args.min_words,
+                                                                max_new_tokens=args.max_new_tokens,
+                                                                batch_size=args.batch_size))
+    write_pairs(out, os.path.dirname(os.path.abspath(args.input)), args.output)
+    print(json.dumps({"review": args.review, **counts}))
+    return 0
+
+
 def run(args) -> int:
     import numpy as np
 
@@ -90,6 +126,8 @@ def run(args) -> int:
 
     with located(args.output, "--output"):
         check_writable(args.output)
+    if args.curate_command == "rewrite":
+        return run_rewrite(args)
     records = read_jsonl(args.input)
     _check(args, records)
     if not os.path.isdir(args.rm) or not has_head(args.rm):

@@ -109,12 +109,14 @@ def judge_texts() -> list[str]:
     be trained as critics and their scores parsed."""
     from jax_align.data.critic_text import DIMENSIONS, RUBRIC, critic_target
     from jax_align.data.critique import critic_user_turn
+    from jax_align.recipes.align2llava_rewrite import REVIEW_PROMPT, REWRITE_PROMPT
     from jax_align.recipes.eaco import DESCRIPTION_HEADER, DESCRIPTION_PROMPTS
 
     numbers = [str(i) for i in range(101)]
     texts = [f"Question: q\nResponse: a\n{RUBRIC}", critic_target(7.5, DIMENSIONS, (1, 2, 3)),
              critic_user_turn("q", "a"), " ".join(numbers),
-             " ".join(DESCRIPTION_PROMPTS), f"{DESCRIPTION_HEADER}\nd"]  # EACO's prompts, spec §1.2
+             " ".join(DESCRIPTION_PROMPTS), f"{DESCRIPTION_HEADER}\nd",  # EACO's prompts, spec §1.2
+             REWRITE_PROMPT.format(question="q", answer="a"), REVIEW_PROMPT.format(answer="a", rewrite="r")]  # §3.5
     # each word both at the start of a line and after a space (byte-level pieces differ)
     return texts + [" " + " ".join(t.split()) for t in texts] + ["\n".join(" ".join(texts).split())]
 
