@@ -335,7 +335,10 @@ def beam_search(model, input_ids, prompt_mask, pixel_values, sp: SamplingParams,
         banned = jnp.zeros((vocab,), bool).at[jnp.asarray(sp.banned_token_ids)].set(True)
 
     def cond(c):
-        return (c["i"] < steps) & jnp.any(c["unsat"]) & ~c["all_hit"]
+        going = (c["i"] < steps) & jnp.any(c["unsat"]) & ~c["all_hit"]
+        if sp.early_stopping is True:  # done once every prompt has num_beams finished beams
+            going = going & ~jnp.all(c["fin_done"])
+        return going
 
     def body(c):
         i = c["i"]
