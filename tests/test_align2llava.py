@@ -165,3 +165,48 @@ def test_curate_rewrite_cli_with_review(tiny_rm, tmp_path):
     for new, old in zip(rows, src, strict=True):  # a 2-step model never says "Yes": every original kept
         if counts["rewritten"] == 0:
             assert new["conversations"] == old["conversations"]
+
+
+def _cli(*argv):
+    return subprocess.run([sys.executable, "-m", "jax_align.cli.main", *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_rm_data_formats_augmentation_and_eval(tiny_rm, tmp_path):
+    world = tiny_rm / "world"
+    groups = [json.loads(line) for line in open(world / "reward.jsonl")]
+    answers, questions = world / f"answers-{tmp_path.name}.jsonl", world / f"questions-{tmp_path.name}.jsonl"
+    with open(answers, "w") as f:  # Align²LLaVA answer preference records (spec §3.6)
+        for g in groups:
+            f.write(json.dumps({"id": g["id"], "image": g["image"], "conversations": [
+                {"from": "human", "value": "<image>\n" + g["prompt"]},
+                {"from": "gpt", "value": g["responses"], "score": g["scores"]}]}) + "\n")
+    with open(questions, "w") as f:  # question preference records: sets of questions with one score each
+        for g in groups[:4]:
+            f.write(json.dumps({"id": g["id"], "image": g["image"], "questions": [[g["prompt"]], [
+                g["prompt"], "Where is the circle?"]], "score": [0.5, 0.8]}) + "\n")
+    out = tmp_path / "answers_scored.jsonl"
+    proc = _cli("curate", "rm-data", "--kind", "answers", "--input", str(answers), "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    assert summary["groups"] == len(groups) and summary["pairs"] == sum(len(rm_pairs(g["scores"])) for g in groups)
+    n_candidates = sum(len(g["responses"]) for g in groups)
+    assert 0 < summary["augmented"] < 0.5 * n_candidates
+    qout = tmp_path / "questions_scored.jsonl"
+    proc = _cli("curate", "rm-data", "--kind", "questions", "--input", str(questions), "--output", str(qout))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for path in (out, qout):
+        proc = _cli("data", "validate", str(path), "--format", "scored", "--allow-absolute-paths")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"image": "a.png", "questions": [["q"]], "score": [0.5, 1.0]}) + "\n")
+    proc = _cli("curate", "rm-data", "--kind", "questions", "--input", str(bad), "--output", str(tmp_path / "x"))
+    assert proc.returncode == 2 and proc.stderr.strip().endswith(
+        f"{bad}:1: score: expected 1 numbers, one per question set")
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text("".join(line for line in open(out).readlines()[: len(groups)]))
+    proc = _cli("curate", "rm-eval", "--rm", str(tiny_rm / "model"), "--input", str(held_out), "--output",
+                str(tmp_path / "eval.jsonl"), "--max-length", "160")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["pairs"] == summary["pairs"] and 0.0 <= result["pairwise_accuracy"] <= 1.0

@@ -3,6 +3,9 @@ align2llava`).
 
 * ``curate rank-questions --rm RMQ --input INSTRUCT.jsonl --output OUT.jsonl --keep 0.3``: each conversation's
   human turns, one per line, scored by the question reward model; the top ``keep`` per instruction type kept.
+* ``curate rm-data --kind questions|answers --input PREF --output SCORED [--augment-rate 0.25]``: Align²LLaVA
+  preference records (§3.6) as scored groups for the ``reward`` stage, plus augmentation pairs (§3.2);
+  ``curate rm-eval --rm RM --input SCORED --output OUT``: pairwise accuracy (§3.2 eval).
 * ``curate rewrite --model M --input SFT --output OUT [--review]``: the inner LLM rewrites free-form answers
   (:mod:`jax_align.recipes.align2llava_rewrite`, §3.5).
 * ``curate rank-answers --rm RMA --input ... --keep 0.3``: each (question, answer) turn scored by the answer
@@ -42,6 +45,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--max-length", type=int, default=512, help="tokens per scored row (longer are truncated)")
         p.add_argument("--allow-absolute-paths", action="store_true",
                        help="accept image paths outside the input file's directory (absolute or ../)")
+    d = sub.add_parser("rm-data", help="Align²LLaVA preference records -> scored groups for the reward stage, "
+                       "with augmentation pairs (§3.2)")
+    d.add_argument("--kind", required=True, choices=("questions", "answers"),
+                   help="questions: {image, questions: [[q, ...]], score}; answers: conversations whose gpt value "
+                        "is a list of answers with a score list (§3.6)")
+    d.add_argument("--input", required=True)
+    d.add_argument("--output", required=True, help="scored records (train with run.stage=reward, "
+                   "data.num_responses = the largest group)")
+    d.add_argument("--augment-rate", type=float, default=0.25, help="per candidate, probability of an "
+                   "(original > corrupted) pair (code: 0.25; 0 = none)")
+    d.add_argument("--seed", type=int, default=1234)
+    e = sub.add_parser("rm-eval", help="pairwise accuracy of a reward model on scored groups (§3.2 eval)")
+    e.add_argument("--rm", required=True, help="run.dir/model of a `reward` stage run")
+    e.add_argument("--input", required=True, help="scored records (e.g. held-out groups from rm-data)")
+    e.add_argument("--output", required=True, help="the records with the model's rewards beside each response")
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--max-length", type=int, default=512)
     w = sub.add_parser("rewrite", help="the inner LLM rewrites free-form answers in its own manner (§3.5)",
                        description="the model's text decoder alone (no image) rewrites each free-form answer; "
                                    "--review keeps the original when the same model judges the meaning changed")
@@ -93,6 +113,47 @@ def score_groups(rm: str, groups: list[dict], base_dir: str, *, batch_size: int,
                 os.remove(p)
 
 
+def run_rm_data(args) -> int:
+    from jax_align.cli.errors import CommandError
+    from jax_align.cli.prefs import read_jsonl
+    from jax_align.recipes.align2llava import RecordFault, augmentation_groups, rm_groups, rm_pairs
+    from jax_align.recipes.bdhs import write_pairs
+
+    if not 0.0 <= args.augment_rate <= 1.0:
+        raise CommandError(f"must be in [0, 1], got {args.augment_rate}", field="--augment-rate")
+    groups = []
+    for n, rec in enumerate(read_jsonl(args.input), 1):
+        try:
+            groups.extend(rm_groups(rec, n, args.kind))
+        except RecordFault as e:
+            raise CommandError(e.message, file=args.input, record=e.record, field=e.field) from None
+    extra = augmentation_groups(groups, rate=args.augment_rate, seed=args.seed, questions=args.kind == "questions")
+    write_pairs(groups + extra, os.path.dirname(os.path.abspath(args.input)), args.output)
+    print(json.dumps({"groups": len(groups), "pairs": sum(len(rm_pairs(g["scores"])) for g in groups),
+                      "augmented": len(extra), "max_responses": max(len(g["responses"]) for g in groups)}))
+    return 0
+
+
+def run_rm_eval(args) -> int:
+    from jax_align.cli.errors import CommandError, located
+    from jax_align.recipes.align2llava import pairwise_accuracy
+    from jax_align.train.reward_head import has_head
+    from jax_align.train.score import score_file
+
+    if not os.path.isfile(args.input):
+        raise CommandError("no such file", file=args.input, field="--input")
+    if not os.path.isdir(args.rm) or not has_head(args.rm):
+        raise CommandError("not a reward model (run.dir/model of a `reward` stage run)", file=args.rm, field="--rm")
+    with located(args.rm, "--rm"):
+        score_file(args.rm, args.input, args.output, fmt="scored", batch_size=args.batch_size,
+                   buckets=(args.max_length,), max_length=args.max_length)
+    with open(args.output, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    acc, pairs = pairwise_accuracy([(r["scores"], r["rewards"]) for r in rows if "rewards" in r])
+    print(json.dumps({"pairwise_accuracy": acc, "pairs": pairs, "groups": len(rows)}))
+    return 0
+
+
 def run_rewrite(args) -> int:
     from jax_align.cli.errors import CommandError, located
     from jax_align.cli.prefs import read_jsonl
@@ -126,8 +187,8 @@ def run(args) -> int:
 
     with located(args.output, "--output"):
         check_writable(args.output)
-    if args.curate_command == "rewrite":
-        return run_rewrite(args)
+    if args.curate_command in ("rewrite", "rm-data", "rm-eval"):
+        return {"rewrite": run_rewrite, "rm-data": run_rm_data, "rm-eval": run_rm_eval}[args.curate_command](args)
     records = read_jsonl(args.input)
     _check(args, records)
     if not os.path.isdir(args.rm) or not has_head(args.rm):

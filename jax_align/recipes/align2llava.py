@@ -14,6 +14,10 @@ instruction type.
   conversation / detail).
 * :func:`question_text` / :func:`answer_turns`: what the two reward models read from a LLaVA conversation: all
   human turns, one per line (question RM), and each (question, answer) turn pair (answer RM).
+* :func:`rm_groups`: Align²LLaVA preference records (§3.6) as ``scored`` groups the ``reward`` stage trains on:
+  a question record ``{id, image, questions: [[q, ...], ...], score}`` becomes one group whose responses are the
+  question sets (one question per line) after the prompt ``<image>``; an answer record's every human/gpt turn
+  pair (gpt ``value`` a list of answers with a ``score`` list) becomes one group.
 """
 
 from __future__ import annotations
@@ -75,7 +79,7 @@ def augmentation_groups(groups: Sequence[dict], *, rate: float = AUGMENT_RATE, s
     rng = np.random.default_rng(seed)
     out = []
     for g in groups:
-        for response in g["responses"]:
+        for k, response in enumerate(g["responses"]):
             if rng.random() >= rate:
                 continue
             if questions:
@@ -83,8 +87,10 @@ def augmentation_groups(groups: Sequence[dict], *, rate: float = AUGMENT_RATE, s
             else:
                 bad = augment_answer(response, rng)
             if bad != response:
-                out.append({**{k: v for k, v in g.items() if k not in ("responses", "scores", "critiques")},
-                            "responses": [response, bad], "scores": [1.0, 0.0], "augmented": True})
+                extra = {key: v for key, v in g.items() if key not in ("responses", "scores", "critiques")}
+                if "id" in extra:  # ids stay unique (data validate reports duplicates)
+                    extra["id"] = f"{extra['id']}-aug{k}"
+                out.append({**extra, "responses": [response, bad], "scores": [1.0, 0.0], "augmented": True})
     return out
 
 
@@ -139,3 +145,57 @@ def answer_turns(record: dict) -> list[tuple[str, str]]:
     turns = _turns(record)
     return [(_clean(turns[i][1]), turns[i + 1][1].strip()) for i in range(len(turns) - 1)
             if turns[i][0] == "human" and turns[i + 1][0] == "gpt"]
+
+
+class RecordFault(ValueError):
+    """A malformed preference record: ``record`` (1-based), ``field``, ``message``."""
+
+    def __init__(self, record: int, field: str, message: str):
+        super().__init__(f"record {record}: {field}: {message}")
+        self.record, self.field, self.message = record, field, message
+
+
+def _fault(n: int, field: str, message: str) -> RecordFault:
+    return RecordFault(n, field, message)
+
+
+def rm_groups(record: dict, n: int, kind: str) -> list[dict]:
+    """``scored`` groups of one question (``kind="questions"``) or answer preference record; raises
+    :class:`RecordFault` for a malformed one."""
+    base = {k: record[k] for k in ("id", "image") if k in record}
+    if kind == "questions":
+        qs, scores = record.get("questions"), record.get("score")
+        if not isinstance(qs, list) or not qs:
+            raise _fault(n, "questions", "missing or not a list of question lists")
+        sets = []
+        for i, q in enumerate(qs):
+            q = [q] if isinstance(q, str) else q
+            if not isinstance(q, list) or not q or not all(isinstance(x, str) and x.strip() for x in q):
+                raise _fault(n, f"questions[{i}]", "expected a non-empty list of question strings")
+            sets.append("\n".join(x.strip() for x in q))
+        if not isinstance(scores, list) or len(scores) != len(sets) or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in scores):
+            raise _fault(n, "score", f"expected {len(sets)} numbers, one per question set")
+        return [{**base, "prompt": "<image>", "responses": sets, "scores": [float(x) for x in scores]}]
+    turns = record.get("conversations")
+    if not isinstance(turns, list) or len(turns) < 2:
+        raise _fault(n, "conversations", "expected human and gpt turns")
+    out = []
+    for i in range(len(turns) - 1):
+        human, gpt = turns[i], turns[i + 1]
+        if not (isinstance(human, dict) and isinstance(gpt, dict) and human.get("from") == "human"
+                and gpt.get("from") == "gpt"):
+            continue
+        answers, scores = gpt.get("value"), gpt.get("score")
+        if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+            raise _fault(n, f"conversations[{i + 1}].value", "expected a list of answer strings")
+        if not isinstance(scores, list) or len(scores) != len(answers) or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in scores):
+            raise _fault(n, f"conversations[{i + 1}].score", f"expected {len(answers)} numbers, one per answer")
+        q = _clean(_text(human.get("value")))
+        out.append({**base, "prompt": q, "responses": list(answers), "scores": [float(x) for x in scores]})
+    if not out:
+        raise _fault(n, "conversations", "no human/gpt turn pair with a list of scored answers")
+    if len(out) > 1 and "id" in base:  # one group per turn pair, ids kept unique
+        out = [{**g, "id": f"{base['id']}-t{t}"} for t, g in enumerate(out)]
+    return out
