@@ -106,9 +106,8 @@ def setup(tmp_path_factory):
     reference); a smaller random expert; a tiny bag-of-words CLIP; AMP-MEG groups from the world's captions."""
     from jax_align.train.config import load_config
     from jax_align.train.trainer import Trainer
-    from jax_align.world.config import WorldConfig
+    from jax_align.world.clip_text import write_world_clip
     from jax_align.world.datasets import write_world
-    from jax_align.world.text import world_words
     from jax_align.world.train_inputs import resolve_world_inputs
 
     root = str(tmp_path_factory.mktemp("amp"))
@@ -121,8 +120,7 @@ def setup(tmp_path_factory):
     Trainer(cfg).run()
     small, _ = build_world_llava(os.path.join(root, "small_expert"), seed=3,
                                  text_overrides=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1))
-    clip = os.path.join(root, "clip")
-    build_tiny_clip(clip, world_words(WorldConfig()))
+    clip = write_world_clip(os.path.join(root, "clip"))  # the world's own tiny bag-of-words CLIP
     captions = [r for r in _read(os.path.join(world, "sft.jsonl")) if r["id"].endswith("-caption")]
     prompts = _write(os.path.join(world, "amp_prompts.jsonl"), captions)
     meg = os.path.join(world, "amp_meg.jsonl")  # image paths must stay inside a data file's directory
@@ -321,3 +319,23 @@ def test_amp_check_reads_amp_output_k_conversations(setup):
     assert [r[-1]["content"] for r in rec["responses"]] == ["There is a red star at the top.", "Nothing else.",
                                                            "There is a yellow cross."]  # output_3 shares chunks
     assert rec["amp_check"]["previous_rank"] == [0, 2, 1] and rec["scores"] == [2.0, 1.0, 0.0]
+
+
+def test_world_clip_is_a_transformers_model_and_separates_chunks(setup):
+    """The world's tiny CLIP (``jax_align.world.clip_text``, written without torch) loads in transformers with the
+    same embeddings, every world word is one token, and different chunks stay below tau while equal ones match."""
+    import torch
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    from jax_align.embedders.clip_text import ClipTextEmbedder
+
+    model, tok = CLIPTextModel.from_pretrained(setup["clip"]).eval(), AutoTokenizer.from_pretrained(setup["clip"])
+    texts = ["small red circle", "large blue square", "top left", "There is a small red circle at the top left."]
+    assert len(tok(texts[3])["input_ids"]) == 2 + 11  # start, 10 words and ".", end
+    enc = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = model(**enc).pooler_output.numpy()
+    vecs = ClipTextEmbedder.from_dir(setup["clip"]).embed(texts + texts[:1])
+    np.testing.assert_allclose(vecs[:4], ref / np.linalg.norm(ref, axis=1, keepdims=True), atol=1e-4)
+    sims = vecs @ vecs.T
+    assert sims[0, 4] > 0.999 and sims[0, 1] < 0.85 and sims[0, 2] < 0.85
