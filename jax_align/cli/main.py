@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("jax_align.cli.generate", "batched generation with the KV-cache sampler"),
     "score": ("jax_align.cli.score", "per-response log-probs, implicit rewards and reward-model scores of a file"),
     "eval": ("jax_align.cli.eval", "hallucination and skill metrics on a synthetic world"),
+    "plan": ("jax_align.cli.plan", "compile a config's train step ahead of time: memory per chip, FLOPs, fit"),
     "pipeline": ("jax_align.cli.pipeline", "run a paper's pipeline end to end, resumable (eaco)"),
     "curate": ("jax_align.cli.curate", "Align²LLaVA curation: keep the top instructions by reward model, per type"),
 }

@@ -1,0 +1,495 @@
+"""Plan a run before paying for it: compile the config's real train step ahead of time and read its memory.
+
+``jax-align plan CONFIG [--topology v5p:4x4x4]`` builds everything the trainer builds, but abstractly: the model
+(``nnx.eval_shape``, no weights), LoRA adapters, the trainable / frozen split, the reference copy, the optimizer
+state (``jax.eval_shape(tx.init)``), the shardings of the config's mesh (the rules table of
+:mod:`jax_align.sharding`) and a batch with exactly the keys, shapes and dtypes the data pipeline produces for the
+largest length bucket (:func:`jax_align.data.layouts.assemble_rows` on empty rows). The step of
+:func:`jax_align.train.steps.make_train_step` is jitted with the trainer's in/out shardings and donation and
+compiled for a TPU topology description (``libtpu`` on a CPU host, no TPU needed) or for the local devices.
+
+Per chip it reports the bytes of the arguments counted from the abstract tree (trainable parameters, frozen
+parameters, reference copy, optimizer state, batch), the compiler's own memory analysis (arguments, outputs,
+aliased, temporaries), the gradient bytes (one accumulator the size of the trainable parameters, inside the
+temporaries) and the rest of the temporaries (activations), the total against the chip's HBM, and FLOPs per
+step. XLA's ``cost_analysis`` counts the body of a loop once (a layer scan, the gradient-accumulation scan), so
+the FLOPs used for the step time are counted on the step's jaxpr: every ``dot_general`` / convolution, times the
+length of each enclosing ``scan`` (rematerialised forwards included); the cost-analysis figure is printed too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jax_align.sharding import make_mesh, rules_from_config, spec_for, state_shardings, use_rules
+
+from .config import Config, ConfigError
+from .optim import build_optimizer
+from .partition import split_trainable
+from .stages import Stage, get_stage
+from .steps import StepSpec, make_train_step
+
+GB = 1e9
+
+# HBM per chip (GB, decimal as vendors state it) and dense bf16 peak (TFLOP/s) per chip.
+CHIPS: dict[str, tuple[float, float]] = {
+    "v4": (32.0, 275.0),
+    "v5e": (16.0, 197.0),
+    "v5p": (95.0, 459.0),
+    "v6e": (32.0, 918.0),
+    "h100": (80.0, 989.0),
+    "h200": (141.0, 989.0),
+}
+
+TPU_INSTALL_HINT = "pip install 'jax-align[tpu]'"
+
+
+class PlanError(ValueError):
+    """Bad input to the planner (config, topology): one line, exit 2."""
+
+
+# ------------------------------------------------------------------------------------------------ devices
+def chip_of_topology(name: str) -> str | None:
+    """``"v5p:4x4x4"`` -> ``"v5p"``; ``"v5litepod:..."``/``"v5e:..."`` -> ``"v5e"``; None when unknown."""
+    head = name.split(":")[0].split("_")[0].split("=")[0].lower()
+    aliases = {"v5litepod": "v5e", "v5lite": "v5e", "v6litepod": "v6e", "v6lite": "v6e", "v5": "v5p"}
+    head = aliases.get(head, head)
+    return head if head in CHIPS else None
+
+
+def chip_of_device(device) -> str | None:
+    """The :data:`CHIPS` entry of a device from its ``device_kind`` (None for CPUs and unknown kinds)."""
+    kind = str(getattr(device, "device_kind", "")).lower()
+    if "h200" in kind:
+        return "h200"
+    if "h100" in kind:
+        return "h100"
+    if "tpu" in kind:
+        if "v6" in kind:
+            return "v6e"
+        if "v5" in kind:
+            return "v5e" if ("lite" in kind or "v5e" in kind) else "v5p"
+        if "v4" in kind:
+            return "v4"
+    return None
+
+
+def topology_devices(name: str) -> list:
+    """The devices of a TPU topology description (``v5p:4x4x4``, ``v5e:16x16``, ``v4:2x2x2``, ``v6e:4x4``)."""
+    try:
+        import libtpu  # noqa: F401  (the topology description needs the TPU compiler)
+    except ImportError:
+        raise PlanError(f"--topology {name}: TPU topologies need libtpu: {TPU_INSTALL_HINT}") from None
+    # the planner only compiles: several processes (parallel tests, a training run) may load libtpu at once
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    from jax.experimental import topologies
+
+    try:
+        topo = topologies.get_topology_desc(platform="tpu", topology_name=name)
+    except Exception as e:  # noqa: BLE001 - libtpu raises JaxRuntimeError with a multi-line message
+        msg = " ".join(str(e).split())
+        raise PlanError(f"--topology {name}: not a TPU topology ({msg[:300]}); give e.g. v5p:2x4x4, v5e:16x16, "
+                        f"v4:2x2x2, v6e:4x4") from None
+    return list(topo.devices)
+
+
+# ------------------------------------------------------------------------------------------------ model
+def model_dir_of(cfg: Config) -> str:
+    """The directory whose config.json describes the model: ``model.path``, else ``model.init``."""
+    src = cfg.model.path or cfg.model.init
+    if not src:
+        raise PlanError("set model.path (a checkpoint) or model.init (a HF config.json) to plan a run")
+    if src == "tiny-world":
+        raise PlanError("model.init=tiny-world is built from the world's tokenizer at train time: plan with "
+                        "model.init=PATH/config.json (e.g. the run's init_model/config.json)")
+    path = src if os.path.isdir(src) else os.path.dirname(os.path.abspath(src))
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise PlanError(f"{src}: no config.json (model.path / model.init must name a model directory or its "
+                        f"config.json)")
+    return path
+
+
+def _dtype(name: str):
+    return jnp.dtype({"fp32": "float32", "bf16": "bfloat16"}.get(name, name))
+
+
+def model_kwargs(cfg: Config) -> dict:
+    """The ``LlavaModel`` keywords the trainer builds with (``model.attention`` / ``model.scan_layers`` when the
+    config has them)."""
+    compute = None if cfg.model.compute_dtype in ("", "float32", "fp32") else _dtype(cfg.model.compute_dtype)
+    kw = {"param_dtype": _dtype(cfg.model.param_dtype), "dtype": compute, "remat": cfg.model.remat}
+    for key in ("attention", "scan_layers"):
+        if hasattr(cfg.model, key):
+            kw[key] = getattr(cfg.model, key)
+    return kw
+
+
+def _abstract(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
+
+
+def abstract_model(cfg: Config, config):
+    """``(graphdef, trainable, frozen, full_state, is_lora)`` of the trainer's model, all abstract.
+
+    The model is built under ``nnx.eval_shape`` (no weights); LoRA adapters are then added for real (they are
+    small, and adding them to a scanned stack reads which layers already have some) and made abstract."""
+    from jax_align.models import LlavaModel
+    from jax_align.models.lora import split_lora
+
+    from .lora import maybe_apply_lora
+
+    model = nnx.eval_shape(lambda: LlavaModel(config, rngs=nnx.Rngs(cfg.run.seed), **model_kwargs(cfg)))
+    model, is_lora = maybe_apply_lora(model, cfg.lora, seed=cfg.run.seed)
+    graphdef, trainable, frozen = split_lora(model) if is_lora else split_trainable(model, cfg.model)
+    return graphdef, _abstract(trainable), _abstract(frozen), _abstract(nnx.state(model)), is_lora
+
+
+# ------------------------------------------------------------------------------------------------ batch
+def plan_length(cfg: Config) -> int:
+    """The row length the plan compiles: the largest bucket (the most memory), else ``data.max_length``."""
+    return int(max(cfg.data.buckets)) if cfg.data.buckets else int(cfg.data.max_length)
+
+
+def batch_shapes(cfg: Config, stage: Stage, model_dir: str, config, length: int) -> tuple[dict, int, int]:
+    """``({key: ShapeDtypeStruct [grad_accum, rows, ...]}, groups, responses)`` of one step's global batch.
+
+    The arrays are those the data pipeline's collator builds (same keys, shapes and dtypes) for a batch of
+    ``data.batch_size / optim.grad_accum`` groups per micro-batch padded to ``length`` tokens.
+    """
+    from jax_align.data.layouts import assemble_rows
+    from jax_align.data.pipeline import Collator, DataConfig
+    from jax_align.models.frontends import load_frontend
+
+    fmt = stage.pipeline_format or cfg.data.format or stage.record_format
+    accum = cfg.optim.grad_accum
+    groups = cfg.data.batch_size // accum
+    dcfg = DataConfig(path="", format=fmt, model_dir=model_dir, batch_size=groups, buckets=(length,),
+                      max_length=length, layout=cfg.data.layout,
+                      num_responses=stage.responses or cfg.data.num_responses or None,
+                      critique_prompt=stage.critique_prompt, round_weight=cfg.data.round_weight)
+    responses = dcfg.responses_per_group
+    frontend = load_frontend(model_dir, config)
+    if getattr(frontend, "anyres", False):
+        image_shape = (3, frontend.tile, frontend.tile)
+    else:
+        from jax_align.data.images import ImageProcessorConfig
+
+        image_shape = (3, *ImageProcessorConfig.from_model_dir(model_dir).output_size)
+        frontend = None
+    collator = Collator(dcfg, pad_id=0, image_shape=image_shape, frontend=frontend)
+    sft = fmt == "sft"
+    num_rows = groups * responses if (not sft and cfg.data.layout == "naive") else groups
+    batch = assemble_rows([], num_rows=num_rows, seq_len=length, max_images=dcfg.max_images,
+                          image_shape=image_shape, pad_id=0, num_groups=None if sft else groups,
+                          num_responses=None if sft else responses, frontend=frontend)
+    extra = collator._group_arrays([], groups, 1 if sft else responses)
+    if sft:
+        extra = {k: v for k, v in extra.items() if k in ("group_mask", "record_index", "response_source")}
+    batch.update(extra)
+    shapes = {k: jax.ShapeDtypeStruct((accum, *np.shape(v)), np.asarray(v).dtype) for k, v in batch.items()}
+    return shapes, groups, responses
+
+
+# ------------------------------------------------------------------------------------------------ bytes, FLOPs
+def shard_bytes(x, sharding) -> int:
+    """Bytes of one device's shard of the abstract array ``x`` under ``sharding``."""
+    shape = tuple(x.shape)
+    local = sharding.shard_shape(shape) if shape else ()
+    return int(np.prod(local, dtype=np.int64)) * jnp.dtype(x.dtype).itemsize
+
+
+def tree_bytes(tree, shardings) -> int:
+    return sum(shard_bytes(x, s) for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings), strict=True))
+
+
+def _sub_jaxprs(params):
+    for v in params.values():
+        items = v if isinstance(v, (tuple, list)) else (v,)
+        for item in items:
+            if isinstance(item, jax.extend.core.ClosedJaxpr):
+                yield item.jaxpr
+            elif isinstance(item, jax.extend.core.Jaxpr):
+                yield item
+
+
+def jaxpr_flops(jaxpr) -> float:
+    """Matmul and convolution FLOPs of a jaxpr (2 per multiply-add), scan bodies times their length, the
+    costliest branch of a ``cond``; other primitives are not counted (they are a few percent of a transformer)."""
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "dot_general":
+            (lc, rc), (_, rb) = eqn.params["dimension_numbers"]
+            lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+            free_r = [d for i, d in enumerate(rhs) if i not in rc and i not in rb]
+            total += 2.0 * float(np.prod(lhs, dtype=np.float64)) * float(np.prod(free_r, dtype=np.float64))
+        elif name == "conv_general_dilated":
+            out = eqn.outvars[0].aval.shape
+            rhs = eqn.invars[1].aval.shape  # O I spatial... per dimension_numbers; I*spatial = prod/O
+            dn = eqn.params["dimension_numbers"]
+            o_dim = dn.rhs_spec[0]
+            total += 2.0 * float(np.prod(out, dtype=np.float64)) * float(np.prod(rhs, dtype=np.float64)) / rhs[o_dim]
+        elif name == "cond":
+            total += max((jaxpr_flops(b.jaxpr) for b in eqn.params["branches"]), default=0.0)
+        else:
+            inner = sum(jaxpr_flops(j) for j in _sub_jaxprs(eqn.params))
+            total += inner * (eqn.params["length"] if name == "scan" else 1)
+    return total
+
+
+# ------------------------------------------------------------------------------------------------ the plan
+@dataclass
+class Plan:
+    """What :func:`build_plan` measured. Bytes are per chip."""
+
+    chips: int
+    mesh: dict
+    length: int
+    groups: int
+    responses: int
+    grad_accum: int
+    params_total: int  # parameters of the model (all, counted once, not per chip)
+    params_trainable: int
+    bytes: dict  # category -> bytes per chip, counted from the abstract tree
+    compiled: dict  # the compiler's memory analysis, per chip
+    flops: float  # per step, whole mesh (jaxpr count)
+    xla_flops: float  # per step per chip (cost_analysis, loop bodies once)
+    largest: list = field(default_factory=list)  # (name, bytes per chip, shape, dtype) of the largest arguments
+    seconds: dict = field(default_factory=dict)  # build / trace / compile times
+
+    @property
+    def total_bytes(self) -> int:
+        """Peak per chip: arguments + outputs - donated (aliased) + temporaries + generated code."""
+        c = self.compiled
+        return c["argument"] + c["output"] - c["alias"] + c["temp"] + c["code"]
+
+
+def moment_shardings(opt_state, params, param_shardings, default):
+    """Shardings of an optax state: a leaf whose path ends with a parameter's path and has its shape (Adam's
+    ``mu``/``nu``) takes that parameter's sharding, anything else (step counters) ``default``. The trainer gets
+    the same from ``jax.jit(tx.init)`` (``zeros_like`` keeps the sharding)."""
+    def key(path):
+        return tuple(str(getattr(p, "key", getattr(p, "idx", getattr(p, "name", p)))) for p in path)
+
+    flat_p, _ = jax.tree_util.tree_flatten_with_path(params)
+    by_path = {key(path): (x.shape, s) for (path, x), s in zip(flat_p, jax.tree.leaves(param_shardings),
+                                                                strict=True)}
+    longest = max((len(k) for k in by_path), default=0)
+
+    def one(path, x):
+        k = key(path)
+        for n in range(min(len(k), longest), 0, -1):
+            hit = by_path.get(k[-n:])
+            if hit is not None and tuple(hit[0]) == tuple(x.shape):
+                return hit[1]
+        return default
+
+    return jax.tree_util.tree_map_with_path(one, opt_state)
+
+
+def _check_mesh(cfg: Config, mesh, n_devices: int) -> None:
+    if mesh.size != n_devices:
+        raise ConfigError(f"mesh.data x mesh.fsdp x mesh.tensor = {dict(mesh.shape)} uses {mesh.size} of "
+                          f"{n_devices} devices: the product must be the device count (-1 fills one axis)")
+    data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    groups = cfg.data.batch_size // cfg.optim.grad_accum
+    if groups % data_ways:
+        raise ConfigError(f"data.batch_size / optim.grad_accum = {groups} groups per micro-batch is not divisible "
+                          f"by the data-parallel ways mesh.data x mesh.fsdp = {data_ways}")
+
+
+@contextlib.contextmanager
+def _mesh_context(mesh, devices):
+    """``jax.set_mesh(mesh)`` as the trainer does. For devices of another platform (a TPU topology from a CPU
+    host) constants the step closes over are embedded in the program instead of being passed as arguments
+    (``jax_embedded_constants_max_bytes``): an argument would live on a local CPU device, which a TPU program
+    refuses."""
+    if devices and devices[0].platform == jax.devices()[0].platform:
+        with jax.set_mesh(mesh):
+            yield
+        return
+    before = jax.config.jax_embedded_constants_max_bytes
+    jax.config.update("jax_embedded_constants_max_bytes", 1 << 40)
+    try:
+        with jax.set_mesh(mesh):
+            yield
+    finally:
+        jax.config.update("jax_embedded_constants_max_bytes", before)
+
+
+def _named(tree, shardings, prefix: str) -> list:
+    out = []
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    for (path, x), s in zip(flat, jax.tree.leaves(shardings), strict=True):
+        name = prefix + "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+        out.append((name, shard_bytes(x, s), tuple(x.shape), str(jnp.dtype(x.dtype))))
+    return out
+
+
+def build_plan(cfg: Config, devices=None, *, length: int | None = None) -> Plan:
+    """Compile the config's train step for ``devices`` (default: the local ones) and measure it, as the trainer
+    builds it: the rules table with ``mesh.rules``, traced inside ``jax.set_mesh(mesh)`` and ``use_rules``."""
+    import time
+
+    from jax_align.models import LlavaConfig
+
+    from .reward_head import init_head
+
+    t0 = time.perf_counter()
+    devices = list(devices if devices is not None else jax.devices())
+    stage = get_stage(cfg.run.stage)
+    try:
+        mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
+    except ValueError as e:
+        raise ConfigError(f"mesh: {e}") from None
+    _check_mesh(cfg, mesh, len(devices))
+    model_dir = model_dir_of(cfg)
+    config = LlavaConfig.from_hf_dir(model_dir)
+    length = int(length or plan_length(cfg))
+    try:
+        rules = rules_from_config(getattr(cfg.mesh, "rules", None))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+    graphdef, trainable, frozen, full, is_lora = abstract_model(cfg, config)
+    params = {"model": trainable}
+    if stage.reward_head:
+        head = jax.eval_shape(lambda: init_head(cfg.reward.head, config.text.hidden_size))
+        params["reward_head"] = _abstract(head)
+    ref = None
+    if stage.needs_reference and cfg.ref.mode == "copy" and not is_lora:
+        ref_dtype = _dtype(cfg.ref.dtype) if cfg.ref.dtype else None
+        ref = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, ref_dtype or x.dtype), full)
+    tx = build_optimizer(cfg.optim, cfg.train.steps, params)
+
+    replicated = NamedSharding(mesh, PartitionSpec())
+    p_sh = {"model": state_shardings(trainable, mesh, rules)}
+    if "reward_head" in params:
+        p_sh["reward_head"] = jax.tree.map(lambda _: replicated, params["reward_head"])
+    frozen_sh = state_shardings(frozen, mesh, rules)
+    ref_sh = None if ref is None else state_shardings(ref, mesh, rules)
+    # the moments follow the parameters' shardings (the trainer's jit(tx.init) propagates them the same way)
+    opt_state = _abstract(jax.eval_shape(tx.init, params))
+    opt_sh = moment_shardings(opt_state, params, p_sh, replicated)
+    key_data = _abstract(jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))))
+    state = {"params": params, "opt_state": opt_state, "step": jax.ShapeDtypeStruct((), jnp.int32),
+             "rng": key_data}
+    state_sh = {"params": p_sh, "opt_state": opt_sh, "step": replicated, "rng": replicated}
+
+    batch, groups, responses = batch_shapes(cfg, stage, model_dir, config, length)
+    batch_sh = {k: NamedSharding(mesh, spec_for((None, "batch") + (None,) * (len(v.shape) - 2), v.shape, mesh))
+                for k, v in batch.items()}
+
+    spec = StepSpec.from_config(cfg, stage, groups=groups, responses=responses)
+    step_fn = make_train_step(graphdef, spec, tx)
+    t1 = time.perf_counter()
+    jitted = jax.jit(step_fn, donate_argnums=(0,), in_shardings=(state_sh, frozen_sh, ref_sh, batch_sh),
+                     out_shardings=(state_sh, replicated))
+    with _mesh_context(mesh, devices), use_rules(rules):  # activation constraints by name, as the trainer
+        lowered = jitted.lower(state, frozen, ref, batch)
+        t2 = time.perf_counter()
+        compiled = lowered.compile()
+        t3 = time.perf_counter()
+        flops = jaxpr_flops(jax.make_jaxpr(step_fn)(state, frozen, ref, batch).jaxpr)
+    t4 = time.perf_counter()
+
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    counted = {
+        "trainable parameters": tree_bytes(params, p_sh),
+        "frozen parameters": tree_bytes(frozen, frozen_sh),
+        "reference copy": 0 if ref is None else tree_bytes(ref, ref_sh),
+        "optimizer state": tree_bytes(opt_state, opt_sh),
+        "batch": tree_bytes(batch, batch_sh),
+    }
+    counted["gradients"] = counted["trainable parameters"]
+    stats = {"argument": int(mem.argument_size_in_bytes), "output": int(mem.output_size_in_bytes),
+             "alias": int(mem.alias_size_in_bytes), "temp": int(mem.temp_size_in_bytes),
+             "code": int(mem.generated_code_size_in_bytes)}
+    largest = (_named(params, p_sh, "params/") + _named(frozen, frozen_sh, "frozen/")
+               + _named(opt_state, opt_sh, "opt_state/") + ([] if ref is None else _named(ref, ref_sh, "ref/")))
+    largest.sort(key=lambda r: -r[1])
+    count = lambda tree: sum(int(np.prod(x.shape, dtype=np.int64)) for x in jax.tree.leaves(tree))
+    return Plan(chips=len(devices), mesh=dict(mesh.shape), length=length, groups=groups, responses=responses,
+                grad_accum=cfg.optim.grad_accum, params_total=count(full),
+                params_trainable=count(params), bytes=counted, compiled=stats, flops=flops,
+                xla_flops=float(cost.get("flops", 0.0)) if cost else 0.0, largest=largest[:8],
+                seconds={"build": round(t1 - t0, 1), "lower": round(t2 - t1, 1), "compile": round(t3 - t2, 1),
+                         "flops": round(t4 - t3, 1)})
+
+
+# ------------------------------------------------------------------------------------------------ report
+def _gb(n: float) -> str:
+    return f"{n / GB:8.2f} GB" if n >= 0.1 * GB else f"{n / 1e6:8.2f} MB"
+
+
+def _exact(n: int) -> str:
+    return f"{_gb(n)}  ({n:,} B)"
+
+
+def render(plan: Plan, *, chip: str | None, hbm_bytes: float | None, peak_flops: float | None, mfu: float,
+           where: str) -> tuple[str, bool]:
+    """The report text and whether the step fits (``hbm_bytes`` None: unknown, counted as fitting)."""
+    b, c = plan.bytes, plan.compiled
+    temp_rest = max(c["temp"] - b["gradients"], 0)
+    lines = [
+        f"plan: {where}: {plan.chips} chips ({chip or 'unknown chip'}), mesh " +
+        " x ".join(f"{k}={v}" for k, v in plan.mesh.items()),
+        f"  step: {plan.grad_accum} micro-batch(es) x {plan.groups} groups x {plan.responses} responses, rows of "
+        f"{plan.length} tokens; {plan.params_total:,} parameters, {plan.params_trainable:,} trainable",
+        "  per chip (counted from the abstract state):",
+        *[f"    {k:<22}{_exact(v)}" for k, v in b.items() if k != "gradients"],
+        f"    {'gradients':<22}{_exact(b['gradients'])}  (an accumulator the size of the trainable parameters, "
+        f"inside temp)",
+        f"    {'activations + other':<22}{_gb(temp_rest)}  (compiled temp - gradients)",
+        "  per chip (compiler memory analysis):",
+        f"    arguments {_gb(c['argument'])}   outputs {_gb(c['output'])}   donated (aliased) {_gb(c['alias'])}",
+        f"    temp      {_gb(c['temp'])}   code    {_gb(c['code'])}",
+        f"    total     {_gb(plan.total_bytes)}" + (f" of {_gb(hbm_bytes).strip()} HBM "
+                                                     f"({100 * plan.total_bytes / hbm_bytes:.0f}%)"
+                                                     if hbm_bytes else " (HBM of this device unknown: --hbm-gb)"),
+        f"  FLOPs per step: {plan.flops:.4g} (all chips; {plan.flops / plan.chips:.4g} per chip; matmuls counted "
+        f"on the jaxpr with scan lengths); XLA cost_analysis {plan.xla_flops:.4g} per chip (loop bodies once)",
+    ]
+    if peak_flops:
+        t = plan.flops / plan.chips / (peak_flops * mfu)
+        lines.append(f"  expected step time at MFU {mfu:g}: {t:.3f} s ({peak_flops / 1e12:g} TFLOP/s bf16 peak "
+                     f"per chip)")
+    else:
+        lines.append("  expected step time: peak FLOP/s of this device unknown (--peak-tflops)")
+    lines.append(f"  times: build {plan.seconds['build']} s, lower {plan.seconds['lower']} s, compile "
+                 f"{plan.seconds['compile']} s, FLOP count {plan.seconds['flops']} s")
+    fits = hbm_bytes is None or plan.total_bytes <= hbm_bytes
+    if fits:
+        lines.append("fits" if hbm_bytes else "fits: unknown (no HBM size)")
+    else:
+        lines.append(f"DOES NOT FIT: {_gb(plan.total_bytes).strip()} > {_gb(hbm_bytes).strip()} per chip; largest "
+                     f"buffers per chip:")
+        parts = sorted([("temporaries (activations, gradients)", c["temp"])]
+                       + [(k, v) for k, v in b.items() if k != "gradients"], key=lambda r: -r[1])
+        lines += [f"    {name:<40}{_gb(v)}" for name, v in parts[:4]]
+        lines += [f"    {name} {list(shape)} {dt}: {_gb(v).strip()}" for name, v, shape, dt in plan.largest[:5]]
+    return "\n".join(lines), fits
+
+
+def device_limits(devices, chip: str | None) -> tuple[float | None, float | None]:
+    """``(hbm_bytes, peak_flops)`` per chip from :data:`CHIPS`; CPUs: the host memory over the device count."""
+    if chip in CHIPS:
+        hbm, peak = CHIPS[chip]
+        return hbm * GB, peak * 1e12
+    if devices and devices[0].platform == "cpu":
+        try:
+            host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            return host / len(devices), None
+        except (ValueError, OSError, AttributeError):
+            return None, None
+    return None, None
