@@ -168,7 +168,7 @@ def half_run(tmp_path_factory):
 
     d = str(tmp_path_factory.mktemp("pipeline") / "run")
     common = [f"dir={d}", "world={seed: 5, n: 8}", "policy.train.train.steps=2", "dpo.train.train.steps=2",
-              "sft.train.train.steps=2", "describe.limit=4", "pairs.max_new_tokens=16", "pairs.temperature=1.0"]
+              "sft.train.train.steps=2", "describe.limit=4", "pairs.max_new_tokens=16", "critic.train.train.steps=40"]
     with pytest.raises(CommandError, match="no such file"):
         run_eaco(load_pipeline(PRESET, [*common, "describe.input=WORLD/missing.jsonl"]))
     return d, common
