@@ -611,8 +611,8 @@ class DataPipeline:
                 problems.append(out.problems[0])
         if count and len(problems) == count:
             first = problems[0]
-            raise DataError([Problem(first.path, first.record, first.field,
-                                     f"{first.message} [the first {count} records are all bad]")])
+            why = f"on_error=skip stopped: the first {count} records are all bad"
+            raise DataError([Problem(first.path, first.record, first.field, f"{first.message} [{why}]")])
 
     @property
     def records_per_epoch(self) -> int:
