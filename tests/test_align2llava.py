@@ -210,3 +210,26 @@ def test_rm_data_formats_augmentation_and_eval(tiny_rm, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.splitlines()[-1])
     assert result["pairs"] == summary["pairs"] and 0.0 <= result["pairwise_accuracy"] <= 1.0
+
+
+def test_world_supplies_align2_preference_data(tmp_path):
+    from jax_align.recipes.align2llava import rm_groups
+    from jax_align.world.align2 import write_align2_files
+    from jax_align.world.datasets import write_world
+
+    world = str(tmp_path / "world")
+    write_world(world, seed=6, n=6)
+    counts = write_align2_files(world)
+    scenes = {s["image"]: {(o["color"], o["shape"]) for o in s["objects"]}
+              for s in map(json.loads, open(os.path.join(world, "scenes.jsonl")))}
+    questions = [json.loads(line) for line in open(os.path.join(world, "align2_questions.jsonl"))]
+    assert counts["align2_questions"] == len(questions) == 6
+    for n, rec in enumerate(questions, 1):
+        assert len(rec["questions"]) == 7 and rm_groups(rec, n, "questions")[0]["scores"] == rec["score"]
+        for qs, score in zip(rec["questions"], rec["score"], strict=True):  # score = answerable fraction (truth)
+            asked = [tuple(q[len("Where is the "):-1].split()) for q in qs]
+            assert score == sum(a in scenes[rec["image"]] for a in asked) / len(qs)
+    answers = [json.loads(line) for line in open(os.path.join(world, "align2_answers.jsonl"))]
+    assert answers and all(rm_groups(r, n, "answers") for n, r in enumerate(answers, 1))
+    types = {json.loads(line)["type"] for line in open(os.path.join(world, "align2_instruct.jsonl"))}
+    assert types == {"detail", "conversation", "complex_reasoning"}
