@@ -3,6 +3,7 @@ parameters and Adam state, exit codes against HBM, and a small TPU topology comp
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -87,6 +88,10 @@ def test_render_fits_against_hbm(local_plan):
     assert fits and text.endswith("fits") and "expected step time at MFU 0.5" in text
     text, fits = render(local_plan, chip=None, hbm_bytes=total - 1, peak_flops=None, mfu=0.5, where="x")
     assert not fits and "DOES NOT FIT" in text
+    # the TPU compiler refuses a program larger than HBM (RESOURCE_EXHAUSTED): reported as not fitting
+    refused = dataclasses.replace(local_plan, compiler_error="RESOURCE_EXHAUSTED: Ran out of memory on HBM")
+    text, fits = render(refused, chip=None, hbm_bytes=None, peak_flops=None, mfu=0.5, where="x")
+    assert not fits and "compiler: RESOURCE_EXHAUSTED" in text and "DOES NOT FIT" in text
 
 
 def test_flops_multiply_scan_lengths():

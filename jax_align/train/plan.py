@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass, field
 
 import jax
@@ -264,6 +265,7 @@ class Plan:
     xla_flops: float  # per step per chip (cost_analysis, loop bodies once)
     largest: list = field(default_factory=list)  # (name, bytes per chip, shape, dtype) of the largest arguments
     seconds: dict = field(default_factory=dict)  # build / trace / compile times
+    compiler_error: str = ""  # the compiler refused the program (RESOURCE_EXHAUSTED): it does not fit
 
     @property
     def total_bytes(self) -> int:
@@ -396,14 +398,17 @@ def build_plan(cfg: Config, devices=None, *, length: int | None = None) -> Plan:
     with _mesh_context(mesh, devices), use_rules(rules):  # activation constraints by name, as the trainer
         lowered = jitted.lower(state, frozen, ref, batch)
         t2 = time.perf_counter()
-        compiled = lowered.compile()
+        compiler_error = ""
+        try:
+            compiled = lowered.compile()
+        except Exception as e:  # noqa: BLE001 - the TPU compiler refuses a program larger than HBM
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            compiled, compiler_error = None, " ".join(str(e).split())
         t3 = time.perf_counter()
         flops = jaxpr_flops(jax.make_jaxpr(step_fn)(state, frozen, ref, batch).jaxpr)
     t4 = time.perf_counter()
 
-    mem = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     counted = {
         "trainable parameters": tree_bytes(params, p_sh),
         "frozen parameters": tree_bytes(frozen, frozen_sh),
@@ -412,9 +417,19 @@ def build_plan(cfg: Config, devices=None, *, length: int | None = None) -> Plan:
         "batch": tree_bytes(batch, batch_sh),
     }
     counted["gradients"] = counted["trainable parameters"]
-    stats = {"argument": int(mem.argument_size_in_bytes), "output": int(mem.output_size_in_bytes),
-             "alias": int(mem.alias_size_in_bytes), "temp": int(mem.temp_size_in_bytes),
-             "code": int(mem.generated_code_size_in_bytes)}
+    cost = None
+    if compiled is not None:
+        mem = compiled.memory_analysis()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        stats = {"argument": int(mem.argument_size_in_bytes), "output": int(mem.output_size_in_bytes),
+                 "alias": int(mem.alias_size_in_bytes), "temp": int(mem.temp_size_in_bytes),
+                 "code": int(mem.generated_code_size_in_bytes)}
+    else:  # what the compiler said it needed ("HLO temporaries (176.64G)") beside the counted arguments
+        found = re.search(r"temporaries \(([0-9.]+)([KMGT])\)", compiler_error)
+        temp = int(float(found.group(1)) * 1024 ** " KMGT".index(found.group(2))) if found else 0
+        stats = {"argument": sum(v for k, v in counted.items() if k != "gradients"), "output": 0, "alias": 0,
+                 "temp": temp, "code": 0}
     largest = (_named(params, p_sh, "params/") + _named(frozen, frozen_sh, "frozen/")
                + _named(opt_state, opt_sh, "opt_state/") + ([] if ref is None else _named(ref, ref_sh, "ref/")))
     largest.sort(key=lambda r: -r[1])
@@ -424,7 +439,7 @@ def build_plan(cfg: Config, devices=None, *, length: int | None = None) -> Plan:
                 params_trainable=count(params), bytes=counted, compiled=stats, flops=flops,
                 xla_flops=float(cost.get("flops", 0.0)) if cost else 0.0, largest=largest[:8],
                 seconds={"build": round(t1 - t0, 1), "lower": round(t2 - t1, 1), "compile": round(t3 - t2, 1),
-                         "flops": round(t4 - t3, 1)})
+                         "flops": round(t4 - t3, 1)}, compiler_error=compiler_error)
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -468,12 +483,14 @@ def render(plan: Plan, *, chip: str | None, hbm_bytes: float | None, peak_flops:
         lines.append("  expected step time: peak FLOP/s of this device unknown (--peak-tflops)")
     lines.append(f"  times: build {plan.seconds['build']} s, lower {plan.seconds['lower']} s, compile "
                  f"{plan.seconds['compile']} s, FLOP count {plan.seconds['flops']} s")
-    fits = hbm_bytes is None or plan.total_bytes <= hbm_bytes
+    fits = not plan.compiler_error and (hbm_bytes is None or plan.total_bytes <= hbm_bytes)
+    if plan.compiler_error:
+        lines.append(f"  compiler: {plan.compiler_error}")
     if fits:
         lines.append("fits" if hbm_bytes else "fits: unknown (no HBM size)")
     else:
-        lines.append(f"DOES NOT FIT: {_gb(plan.total_bytes).strip()} > {_gb(hbm_bytes).strip()} per chip; largest "
-                     f"buffers per chip:")
+        limit = _gb(hbm_bytes).strip() if hbm_bytes else "the device's memory"
+        lines.append(f"DOES NOT FIT: {_gb(plan.total_bytes).strip()} > {limit} per chip; largest buffers per chip:")
         parts = sorted([("temporaries (activations, gradients)", c["temp"])]
                        + [(k, v) for k, v in b.items() if k != "gradients"], key=lambda r: -r[1])
         lines += [f"    {name:<40}{_gb(v)}" for name, v in parts[:4]]
