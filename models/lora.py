@@ -93,7 +93,8 @@ def lora_update(x: jax.Array, a: jax.Array, b: jax.Array, *, scale: float, dropo
         if key is not None:
             keep = jax.random.bernoulli(jax.random.fold_in(key, layer_id), 1.0 - dropout, h.shape)
             h = jnp.where(keep, h / jnp.asarray(1.0 - dropout, dtype), jnp.zeros((), dtype))
-    return scale * jnp.dot(jnp.dot(h, a.astype(dtype)), b.astype(dtype))
+    # ``scale`` may be an fp32 array (per-layer scales of a scanned stack): keep the result in ``dtype``
+    return (scale * jnp.dot(jnp.dot(h, a.astype(dtype)), b.astype(dtype))).astype(dtype)
 
 
 # -- model-level operations ----------------------------------------------------------------------------

@@ -72,8 +72,9 @@ class VisionEmbeddings(nnx.Module):
         cfg = self.cfg
         n, c, hh, ww = pixel_values.shape
         p = cfg.patch_size
-        x = pixel_values.reshape(n, c, hh // p, p, ww // p, p).transpose(0, 2, 4, 1, 3, 5)
-        x = self.patch_embedding(x.reshape(n, (hh // p) * (ww // p), c * p * p))
+        hp, wp = hh // p, ww // p  # a stride-p VALID conv drops the last rows/columns (SigLIP-so400m: 384 / 14)
+        x = pixel_values[:, :, : hp * p, : wp * p].reshape(n, c, hp, p, wp, p).transpose(0, 2, 4, 1, 3, 5)
+        x = self.patch_embedding(x.reshape(n, hp * wp, c * p * p))
         if cfg.has_class_token:
             cls = jnp.broadcast_to(self.class_embedding[...].astype(x.dtype), (n, 1, x.shape[-1]))
             x = jnp.concatenate([cls, x], axis=1)

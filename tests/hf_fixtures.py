@@ -14,7 +14,7 @@ VISION = {
     "clip": dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                  num_attention_heads=4, image_size=16, patch_size=4, projection_dim=16),
     "siglip": dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                   num_attention_heads=4, image_size=16, patch_size=4),
+                   num_attention_heads=4, image_size=18, patch_size=4),  # 18 % 4 != 0: the conv drops 2 px
 }
 TEXT = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             vocab_size=120)
