@@ -78,3 +78,10 @@ def test_kto_pair_and_round_weight_configs_train(tmp_path):
     assert np.isfinite(summary["loss"]) and rows[0]["loss"] == pytest.approx(0.5, abs=1e-6)  # 1 - s(0) at step 1
     _, rows, cfg = _run(tmp_path, "tiny_mdpo.yaml")
     assert cfg.data.round_weight == 0.05 and np.isfinite(rows[-1]["loss"])
+
+
+def test_lora_on_scanned_layers_in_bf16_trains(tmp_path):
+    """LoRA adapters on a scanned stack with bf16 compute (the 7B presets' setting) keep the scan's carry dtype."""
+    summary, rows, _ = _run(tmp_path, "tiny_dpo.yaml", "model.scan_layers=true", "model.compute_dtype=bfloat16",
+                            "lora.rank=4")
+    assert rows[0]["loss"] == pytest.approx(np.log(2), abs=1e-3) and np.isfinite(summary["loss"])
