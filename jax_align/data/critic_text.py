@@ -46,7 +46,7 @@ def parse_critic_scores(text: str) -> dict:
     return out
 
 
-def critic_sft_file(scored_path: str, out_path: str, *, rubric: str = RUBRIC) -> int:
+def critic_sft_file(scored_path: str, out_path: str, *, rubric: str = RUBRIC, allow_absolute_paths: bool = True) -> int:
     """Write SFT conversations for a generative critic from a ``scored`` file; returns the number written.
 
     Bad records raise the data layer's error naming file, record and field.
@@ -58,7 +58,8 @@ def critic_sft_file(scored_path: str, out_path: str, *, rubric: str = RUBRIC) ->
 
     with atomic_file(out_path) as dst:
         for raw in source:
-            group, problems = parse_record(raw.data, "scored", base_dir=source.base_dir)
+            group, problems = parse_record(raw.data, "scored", base_dir=source.base_dir,
+                                           allow_absolute_paths=allow_absolute_paths)
             if group is None:
                 field, msg = problems[0]
                 raise ValueError(f"{scored_path}:{raw.number}: {field}: {msg}")

@@ -165,6 +165,7 @@ class MeshConfig:
     data: int = _f(1, "data-parallel axis size (-1 = all remaining devices)")
     fsdp: int = _f(-1, "FSDP axis size (-1 = all remaining devices)")
     tensor: int = _f(1, "tensor-parallel axis size")
+    devices: int = _f(0, "devices the mesh spans (0 = all); data x fsdp x tensor must equal it")
     rules: Any = _f(None, "overrides of the logical-axis rules table, e.g. {mlp: fsdp, heads: null} "
                     "(jax_align/sharding.py DEFAULT_RULES)")
 

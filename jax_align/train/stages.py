@@ -19,15 +19,17 @@ from types import MappingProxyType
 from . import stage_losses as L
 
 
-def _critic_sft_data(data_path: str, run_dir: str) -> str:
-    """EACO's generative critic trains on scored candidates rendered as rationale + scores text (spec §1.3)."""
+def _critic_sft_data(data_path: str, cfg) -> str:
+    """EACO's generative critic trains on scored candidates rendered as rationale + scores text (spec §1.3).
+    The source's image paths are checked under ``data.allow_absolute_paths`` here; the derived file points back
+    at those images from the run directory."""
     import os
 
     from jax_align.data.critic_text import critic_sft_file
 
-    out = os.path.join(run_dir, "critic_sft.jsonl")
+    out = os.path.join(cfg.run.dir, "critic_sft.jsonl")
     if not os.path.isfile(out):
-        critic_sft_file(data_path, out)
+        critic_sft_file(data_path, out, allow_absolute_paths=cfg.data.allow_absolute_paths)
     return out
 
 
@@ -50,7 +52,7 @@ class Stage:
     record_fields: Callable = lambda cfg: ()  # (Config) -> record fields without which the stage cannot train
     summary_metrics: tuple[str, ...] = ("loss",)
     defaults: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))  # dotted config key -> value
-    prepare_data: Callable[[str, str], str] | None = None  # (data file, run dir) -> file the pipeline reads
+    prepare_data: Callable[[str, object], str] | None = None  # (data file, Config) -> file the pipeline reads
     pipeline_format: str | None = None  # format the prepared file is in (default: record_format)
     online: str | None = None  # "online" | "mixed": the policy samples its pairs during training (spec §2.1)
 

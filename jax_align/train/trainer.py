@@ -82,7 +82,7 @@ def prepare_inputs(cfg: Config, stage: Stage) -> tuple[str, str]:
         raise ValueError("data.train is empty: give a data file (or data.world, resolved by `jax-align train`)")
     data_path = cfg.data.train
     if stage.prepare_data is not None:
-        data_path = stage.prepare_data(data_path, cfg.run.dir)
+        data_path = stage.prepare_data(data_path, cfg)
     if cfg.model.path:
         return cfg.model.path, data_path
     if not cfg.model.init:
@@ -140,12 +140,12 @@ class Trainer:
         with lock_run_dir(cfg.run.dir, enabled=primary):
             return self._run(primary)
 
-    def _check_mesh(self, mesh) -> None:
+    def _check_mesh(self, mesh, n_devices: int) -> None:
         cfg = self.cfg
-        if mesh.size != jax.device_count():
+        if mesh.size != n_devices:
             raise ConfigError(f"mesh.data x mesh.fsdp x mesh.tensor = {dict(mesh.shape)} uses {mesh.size} of "
-                              f"{jax.device_count()} devices: the product must be the device count (-1 fills one "
-                              f"axis)")
+                              f"{n_devices} devices: the product must be the device count (-1 fills one axis; "
+                              f"mesh.devices=N uses the first N devices on purpose)")
         data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
         groups = cfg.data.batch_size // cfg.optim.grad_accum
         if groups % data_ways:
@@ -159,8 +159,9 @@ class Trainer:
         fp = fingerprint(cfg.to_dict())
         check_resume(ckpt, cfg.checkpoint.resume, fp)  # before config.yaml is overwritten
         stage = get_stage(cfg.run.stage)
-        mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-        self._check_mesh(mesh)
+        devices = jax.devices()[: cfg.mesh.devices] if cfg.mesh.devices > 0 else jax.devices()
+        mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
+        self._check_mesh(mesh, len(devices))
         if primary:
             dump(cfg, os.path.join(cfg.run.dir, "config.yaml"))
         model_dir, data_path = prepare_inputs(cfg, stage)
@@ -185,7 +186,8 @@ class Trainer:
                           critique_prompt=stage.critique_prompt, round_weight=cfg.data.round_weight,
                           required_fields=stage.record_fields(cfg), max_skip_fraction=cfg.data.max_skip_fraction,
                           pair_from_ranked=stage.responses == 2 and fmt in ("ranked", "scored"),
-                          allow_absolute_paths=cfg.data.allow_absolute_paths,
+                          # a stage's derived file (critic text) points back at the source's checked images
+                          allow_absolute_paths=cfg.data.allow_absolute_paths or stage.prepare_data is not None,
                           max_image_pixels=cfg.data.max_image_pixels or None,
                           max_image_aspect_ratio=cfg.data.max_image_aspect_ratio or None)
         responses = dcfg.responses_per_group

@@ -17,7 +17,8 @@ CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "tiny_dp
 def run(run_dir, steps, mesh):
     cfg = load_config(CONFIG, [f"run.dir={run_dir}", f"train.steps={steps}", "train.progress=false",
                                "checkpoint.every=2", "data.batch_size=8", "optim.lr=1e-3", "optim.eps=1e-3",
-                               f"mesh.data={mesh[0]}", f"mesh.fsdp={mesh[1]}", f"mesh.tensor={mesh[2]}"])
+                               f"mesh.data={mesh[0]}", f"mesh.fsdp={mesh[1]}", f"mesh.tensor={mesh[2]}",
+                       f"mesh.devices={mesh[0] * mesh[1] * mesh[2]}"])
     return Trainer(resolve_world_inputs(cfg)).run()
 
 

@@ -18,7 +18,8 @@ def run(root, name, mesh):
                       [f"run.dir={os.path.join(root, name)}", "train.steps=4", "train.progress=false",
                        "checkpoint.every=100", "data.batch_size=8", "optim.lr=1e-3",
                        "optim.eps=1e-3",  # keep Adam from amplifying rounding in near-zero gradients
-                       f"mesh.data={mesh[0]}", f"mesh.fsdp={mesh[1]}", f"mesh.tensor={mesh[2]}"])
+                       f"mesh.data={mesh[0]}", f"mesh.fsdp={mesh[1]}", f"mesh.tensor={mesh[2]}",
+                       f"mesh.devices={mesh[0] * mesh[1] * mesh[2]}"])
     Trainer(resolve_world_inputs(cfg)).run()
     with open(os.path.join(cfg.run.dir, "metrics.jsonl")) as f:
         losses = [json.loads(line)["loss"] for line in f]
