@@ -37,6 +37,7 @@ from .optim import build_optimizer
 from .partition import split_trainable
 from .stages import Stage, get_stage
 from .steps import StepSpec, make_train_step
+from .trainer import check_mesh
 
 GB = 1e9
 
@@ -297,17 +298,6 @@ def moment_shardings(opt_state, params, param_shardings, default):
     return jax.tree_util.tree_map_with_path(one, opt_state)
 
 
-def _check_mesh(cfg: Config, mesh, n_devices: int) -> None:
-    if mesh.size != n_devices:
-        raise ConfigError(f"mesh.data x mesh.fsdp x mesh.tensor = {dict(mesh.shape)} uses {mesh.size} of "
-                          f"{n_devices} devices: the product must be the device count (-1 fills one axis)")
-    data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
-    groups = cfg.data.batch_size // cfg.optim.grad_accum
-    if groups % data_ways:
-        raise ConfigError(f"data.batch_size / optim.grad_accum = {groups} groups per micro-batch is not divisible "
-                          f"by the data-parallel ways mesh.data x mesh.fsdp = {data_ways}")
-
-
 @contextlib.contextmanager
 def _mesh_context(mesh, devices):
     """``jax.set_mesh(mesh)`` as the trainer does. For devices of another platform (a TPU topology from a CPU
@@ -352,7 +342,7 @@ def build_plan(cfg: Config, devices=None, *, length: int | None = None) -> Plan:
         mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
     except ValueError as e:
         raise ConfigError(f"mesh: {e}") from None
-    _check_mesh(cfg, mesh, len(devices))
+    check_mesh(cfg, mesh, len(devices))
     model_dir = model_dir_of(cfg)
     config = LlavaConfig.from_hf_dir(model_dir)
     length = int(length or plan_length(cfg))

@@ -90,6 +90,20 @@ def prepare_inputs(cfg: Config, stage: Stage) -> tuple[str, str]:
     return init_model_dir(cfg), data_path
 
 
+def check_mesh(cfg: Config, mesh, n_devices: int) -> None:
+    """A mesh must span the devices it was given (no silently idle devices) and the data-parallel ways must
+    divide the micro-batch's groups (no silent fall-back to replication)."""
+    if mesh.size != n_devices:
+        raise ConfigError(f"mesh.data x mesh.fsdp x mesh.tensor = {dict(mesh.shape)} uses {mesh.size} of "
+                          f"{n_devices} devices: the product must be the device count (-1 fills one axis; "
+                          f"mesh.devices=N uses the first N devices on purpose)")
+    data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    groups = cfg.data.batch_size // cfg.optim.grad_accum
+    if groups % data_ways:
+        raise ConfigError(f"data.batch_size / optim.grad_accum = {groups} groups per micro-batch is not divisible "
+                          f"by the data-parallel ways mesh.data x mesh.fsdp = {data_ways}")
+
+
 def _pad_to(batch: dict, length: int, pad_id: int) -> dict:
     out = {}
     for k, v in batch.items():
@@ -140,18 +154,6 @@ class Trainer:
         with lock_run_dir(cfg.run.dir, enabled=primary):
             return self._run(primary)
 
-    def _check_mesh(self, mesh, n_devices: int) -> None:
-        cfg = self.cfg
-        if mesh.size != n_devices:
-            raise ConfigError(f"mesh.data x mesh.fsdp x mesh.tensor = {dict(mesh.shape)} uses {mesh.size} of "
-                              f"{n_devices} devices: the product must be the device count (-1 fills one axis; "
-                              f"mesh.devices=N uses the first N devices on purpose)")
-        data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
-        groups = cfg.data.batch_size // cfg.optim.grad_accum
-        if groups % data_ways:
-            raise ConfigError(f"data.batch_size / optim.grad_accum = {groups} groups per micro-batch is not divisible "
-                              f"by the data-parallel ways mesh.data x mesh.fsdp = {data_ways}")
-
     def _run(self, primary: bool) -> dict:
         cfg = self.cfg
         ckpt = TrainCheckpointer(os.path.join(cfg.run.dir, "checkpoints"), keep=cfg.checkpoint.keep,
@@ -161,7 +163,7 @@ class Trainer:
         stage = get_stage(cfg.run.stage)
         devices = jax.devices()[: cfg.mesh.devices] if cfg.mesh.devices > 0 else jax.devices()
         mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
-        self._check_mesh(mesh, len(devices))
+        check_mesh(cfg, mesh, len(devices))
         if primary:
             dump(cfg, os.path.join(cfg.run.dir, "config.yaml"))
         model_dir, data_path = prepare_inputs(cfg, stage)
