@@ -14,8 +14,10 @@ VISION = {
     "clip": dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                  num_attention_heads=4, image_size=16, patch_size=4, projection_dim=16),
     "siglip": dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                   num_attention_heads=4, image_size=18, patch_size=4),  # 18 % 4 != 0: the conv drops 2 px
+                   num_attention_heads=4, image_size=16, patch_size=4),
 }
+# SigLIP-so400m's 384-px input in 14-px patches leaves a remainder the patch conv drops; so does 18 px in 4-px
+VISION["siglip_remainder"] = dict(VISION["siglip"], image_size=18)
 TEXT = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             vocab_size=120)
 
@@ -24,7 +26,7 @@ FAMILIES = {
     "llama_clip": ("llama", "clip", dict(attention_bias=True), dict()),
     "mistral_clip_full": ("mistral", "clip", dict(sliding_window=12),
                           dict(vision_feature_select_strategy="full", vision_feature_layer=[-1, -3])),
-    "qwen2_siglip_tied": ("qwen2", "siglip", dict(tie_word_embeddings=True),
+    "qwen2_siglip_tied": ("qwen2", "siglip_remainder", dict(tie_word_embeddings=True),
                           dict(vision_feature_select_strategy="full", vision_feature_layer=-1,
                                projector_hidden_act="gelu_pytorch_tanh")),
 }
