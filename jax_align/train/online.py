@@ -60,6 +60,17 @@ class RoundStats:
         return {f"online/{k}": float(v) for k, v in self.__dict__.items()}
 
 
+def _absolute_images(record: dict, base_dir: str) -> dict:
+    out = dict(record)
+    for key in ("image", "images"):
+        value = out.get(key)
+        if isinstance(value, str):
+            out[key] = value if os.path.isabs(value) else os.path.join(base_dir, value)
+        elif isinstance(value, list):
+            out[key] = [v if not isinstance(v, str) or os.path.isabs(v) else os.path.join(base_dir, v) for v in value]
+    return out
+
+
 def _question(group) -> str:
     return " ".join(m.content for m in group.prompt if m.role == "user").strip()
 
@@ -159,7 +170,9 @@ class OnlineRounds:
         stats.seconds_sampling = time.perf_counter() - t0
         stats.sampled = sum(len(s) for s in samples)
         t0 = time.perf_counter()
-        scores = self.annotator.annotate([self.records[idx[j]] for j in need], samples) if need else []
+        # annotators read the records from elsewhere (a reward model scores a temporary file): absolute image paths
+        judged = [_absolute_images(self.records[idx[j]], self.source.base_dir) for j in need]
+        scores = self.annotator.annotate(judged, samples) if need else []
         stats.seconds_annotating = time.perf_counter() - t0
         base_out = self.dir
         for j, a in enumerate(alphas):
