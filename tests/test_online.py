@@ -108,3 +108,17 @@ def test_mixed_dpo_resumes_exactly_and_its_loss_is_mixed_dpo(base):
     junk = np.full(len(rows), 1e3, np.float32)  # the unselected term never counts
     mixed, a = mixed_dpo(np.where(alpha == 1, logged, junk), np.where(alpha == 0, logged, junk), alpha=alpha)
     np.testing.assert_allclose(np.asarray(mixed), np.asarray(logged), rtol=1e-6)
+
+
+def test_reward_model_annotator_scores_samples_of_records_from_another_directory(base):
+    from jax_align.train.online import RewardModelAnnotator, _absolute_images
+
+    world = base["world"]
+    cfg = load_config(None, [f"run.dir={base['root']}/rm", "run.stage=reward", f"model.path={base['model']}",
+                             f"data.train={world}/reward.jsonl", "data.num_responses=5", "data.max_length=160",
+                             "data.batch_size=4", "train.steps=3", "train.progress=false", "checkpoint.every=100"])
+    Trainer(cfg).run()
+    sft = [_absolute_images(r, world) for r in _read(os.path.join(world, "sft.jsonl"))[:3]]
+    samples = [["There is a large red circle at the center.", "Yes."] for _ in sft]
+    scores = RewardModelAnnotator(os.path.join(base["root"], "rm", "model")).annotate(sft, samples)
+    assert len(scores) == 3 and all(len(s) == 2 and all(np.isfinite(x) for x in s) for s in scores)
