@@ -38,7 +38,6 @@ log = logging.getLogger("jax_align.train")
 
 PAD_VALUES = {"input_ids": None, "positions": 0, "segment_ids": 0, "prefix_segment_ids": 0, "labels": -100,
               "label_src": 0, "token_weights": 0.0, "response_ids": -1, "group_ids": -1}
-_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 
 
 class TrainingDiverged(RuntimeError):
@@ -193,13 +192,13 @@ class Trainer:
                           max_image_pixels=cfg.data.max_image_pixels or None,
                           max_image_aspect_ratio=cfg.data.max_image_aspect_ratio or None)
         responses = dcfg.responses_per_group
+        if stage.online and cfg.ref.mode == "cached":
+            raise ConfigError(f"run.stage={stage.name} samples new pairs every round: ref.mode=cached cannot hold "
+                              f"their reference log-probs (use ref.mode=copy or LoRA)")
         if not stage.online:  # data faults stop the run here, in seconds, before any model is built
             DataPipeline(dcfg).preflight()
         config, model = self._model(model_dir)
         table = None
-        if stage.online and cfg.ref.mode == "cached":
-            raise ConfigError(f"run.stage={stage.name} samples new pairs every round: ref.mode=cached cannot hold "
-                              f"their reference log-probs (use ref.mode=copy or LoRA)")
         if stage.needs_reference and cfg.ref.mode == "cached":
             table = self._reference_table(dcfg, model, model_dir, micro_groups, responses)
         pipeline = None if stage.online else DataPipeline(dcfg, reference_logps=table)
