@@ -139,19 +139,17 @@ def atomic_dir(path: str, *, tmp: str | None = None, commit: bool = True) -> Ite
 
 
 @contextlib.contextmanager
-def atomic_file(path: str, mode: str = "w", **open_kwargs):
-    """Yield a file object on a temporary sibling of ``path``; renamed over ``path`` on a clean exit."""
+def _atomic_path(path: str, suffix: str = "") -> Iterator[str]:
+    """Yield a temporary sibling path of ``path``; the caller writes it, and a clean exit renames it over
+    ``path`` (a failure removes it and leaves ``path`` as it was)."""
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path, "tmp") + f"{os.getpid()}-", dir=parent)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path, "tmp") + f"{os.getpid()}-", suffix=suffix, dir=parent)
     os.close(fd)
     try:
-        with open(tmp, mode, **open_kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
@@ -159,28 +157,23 @@ def atomic_file(path: str, mode: str = "w", **open_kwargs):
             os.unlink(tmp)
         raise
     _fsync_dir(parent)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str, mode: str = "w", **open_kwargs):
+    """Yield a file object on a temporary sibling of ``path``; renamed over ``path`` on a clean exit."""
+    with _atomic_path(path) as tmp, open(tmp, mode, **open_kwargs) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_save(path: str, writer: Callable[[str], object]) -> None:
     """``writer(tmp_path)`` writes a file (e.g. ``np.save``, ``fig.savefig``); it is renamed over ``path``.
 
     The temporary keeps ``path``'s extension so writers that add one (``np.save``) write where told."""
-    path = os.path.abspath(path)
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    ext = os.path.splitext(path)[1]
-    remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path, "tmp") + f"{os.getpid()}-", suffix=ext, dir=parent)
-    os.close(fd)
-    try:
+    with _atomic_path(path, suffix=os.path.splitext(path)[1]) as tmp:
         writer(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(parent)
 
 
 def write_json(path: str, obj, **dump_kwargs) -> None:

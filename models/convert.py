@@ -19,7 +19,7 @@ from flax import nnx
 from . import hf_names
 from .anyres import AnyResImages
 from .config import LlavaConfig
-from .layer_stack import stack_layers, unstack_layers
+from .layer_stack import flatten_dict, stack_layers, unstack_layers
 from .llava import LlavaModel
 
 # Non-weight files of a Hugging Face model directory that travel with the weights.
@@ -54,17 +54,7 @@ def flat_params(params) -> list[tuple[tuple, object]]:
     if isinstance(params, nnx.State):
         return [(tuple(p), v.get_value() if isinstance(v, nnx.Variable) else v)
                 for p, v in nnx.to_flat_state(params)]
-    out = []
-
-    def walk(prefix, node):
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(prefix + (k,), v)
-        else:
-            out.append((prefix, node))
-
-    walk((), params)
-    return out
+    return flatten_dict(params)
 
 
 def _weight_files(path: str) -> list[str]:

@@ -87,9 +87,8 @@ def stack_modules(modules):
 
 
 # -- state conversion -----------------------------------------------------------------------------------------
-def _flatten(state):
-    if isinstance(state, nnx.State):
-        return [(tuple(p), v) for p, v in nnx.to_flat_state(state)], True
+def flatten_dict(tree) -> list[tuple[tuple, object]]:
+    """``[(path, leaf)]`` of a nested dict (depth first, insertion order)."""
     out = []
 
     def walk(prefix, node):
@@ -99,8 +98,14 @@ def _flatten(state):
         else:
             out.append((prefix, node))
 
-    walk((), state)
-    return out, False
+    walk((), tree)
+    return out
+
+
+def _flatten(state):
+    if isinstance(state, nnx.State):
+        return [(tuple(p), v) for p, v in nnx.to_flat_state(state)], True
+    return flatten_dict(state), False
 
 
 def _unflatten(items, is_state):
