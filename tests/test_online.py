@@ -69,16 +69,25 @@ def test_online_samples_come_from_the_live_policy(base):
     sp = SamplingParams(max_new_tokens=24, temperature=1.0, n_samples=2)
     sft = _read(os.path.join(base["world"], "sft.jsonl"))
 
-    def resample(r, rows):
-        prompts = [{"messages": [{"role": "user", "content": sft[row["online"]["record"]]["conversations"][0]
-                                  ["value"]}], "image": os.path.join(base["world"], sft[row["online"]["record"]]
-                                                                     ["image"])} for row in rows]
-        return [[t.strip() for t in o.texts] for o in gen.generate(prompts, sp, batch_size=16, seed=0 * 1_000_003 + r)]
+    from types import SimpleNamespace
 
-    all0 = _read(os.path.join(run, "online", "round_00000.jsonl"))
-    # rows hold only prompts that made a pair; resampling all of them reproduces round 0 exactly
-    assert resample(0, all0) == [row["online"]["samples"] for row in all0] or len(all0) < 8
-    assert resample(1, rounds[1]) != [row["online"]["samples"] for row in rounds[1]]
+    from jax_align.train.online import OnlineRounds
+
+    def round_records(r):  # every prompt of round r, in the order the round sampled them (seeded by run.seed = 0)
+        me = SimpleNamespace(records=sft, prompts_per_round=8, cfg=SimpleNamespace(run=SimpleNamespace(seed=0)))
+        return OnlineRounds._round_indices(me, r)
+
+    def resample(r):
+        idx = round_records(r)
+        prompts = [{"messages": [{"role": "user", "content": sft[i]["conversations"][0]["value"]}],
+                    "image": os.path.join(base["world"], sft[i]["image"])} for i in idx]
+        outs = gen.generate(prompts, sp, batch_size=16, seed=0 * 1_000_003 + r)
+        return {i: [t.strip() for t in o.texts] for i, o in zip(idx, outs, strict=True)}
+
+    # the start model reproduces round 0's samples exactly (sampled before any step) and not round 1's
+    again0, again1 = resample(0), resample(1)
+    assert all(again0[row["online"]["record"]] == row["online"]["samples"] for row in rounds[0])
+    assert any(again1[row["online"]["record"]] != row["online"]["samples"] for row in rounds[1])
 
 
 def test_mixed_dpo_resumes_exactly_and_its_loss_is_mixed_dpo(base):
