@@ -1,100 +1,24 @@
-"""The generation engine behind ``jax-align generate``, ``jax-align eval --model`` and the sampling recipes.
-
-:class:`Generator` holds a model, its chat tokenizer and its image preprocessor, and turns prompt records into
-completions:
-
-1. each prompt is rendered with the checkpoint's chat template (``<image>\\n`` is prepended when the prompt
-   has no placeholder but an image), tokenized with every ``<image>`` expanded to the model's image-token
-   count, and optionally extended with a forced response prefix;
-2. its image is loaded and preprocessed once (an LRU cache keyed by path serves prompts sharing an image), and
-   its ``n_samples`` continuations share one prefill (:mod:`jax_align.sampling`);
-3. prompts are sorted by length and cut into batches; each batch is left-padded to a length bucket (a
-   multiple of ``length_multiple``) and a batch-size bucket (a power of two up to ``batch_size``), so the
-   jitted sampler compiles once per bucket, never per call (:attr:`Generator.num_compilations`);
-4. tokens are decoded up to the first stop token (the tokenizer's EOS, plus ``stop_token_ids`` and tokens
-   containing a ``stop_strings`` entry), special tokens skipped, whitespace stripped.
-
-Sampling is reproducible: prompt ``i`` of a call draws from ``fold_in(key(seed), i)`` (sample ``j`` from a
-further ``fold_in(., j)``), so its outputs do not depend on the batch size or on the other prompts.
-
-Hooks for the preference recipes (spec §2.2, BDHS): ``image_keep_fraction`` / ``keep_masks`` hide image
-tokens from the text (every layer, prefill and decode), ``response_prefixes`` force the start of the answer
-and generation continues it (e.g. to the first full stop with ``stop_strings=(".",)``), and every completion
-carries its token ids and the model's log-probs.
-"""
+"""The :class:`Generator`: prompt records -> bucketed batches -> the jitted sampler (:mod:`jax_align.generate`)."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from jax_align.sampling import Sampler, SamplingParams
 
-IMAGE_PLACEHOLDER = "<image>"
-
-
-class GenerationInputError(ValueError):
-    """A prompt record that cannot be generated from; ``index`` is its position in the call's prompt list."""
-
-    def __init__(self, index: int, message: str):
-        super().__init__(f"prompt {index}: {message}")
-        self.index = index
-        self.detail = message
-
-
-@dataclass(frozen=True)
-class Completion:
-    """One sampled answer.
-
-    ``text``: the whole answer (forced prefix + generated continuation), decoded together, special tokens
-    skipped, cut after the first stop string, stripped. ``continuation``: the generated part only, unstripped
-    (so ``prefix + continuation`` reads as written). ``token_ids`` / ``logprobs``: the generated tokens
-    (including the stop token when one was emitted; the forced prefix is not included) and the model's
-    unfiltered log-probs of them. ``stopped``: ended on a stop token (False: ran out of ``max_new_tokens``).
-    """
-
-    text: str
-    continuation: str
-    token_ids: np.ndarray
-    logprobs: np.ndarray
-    stopped: bool
-
-    @property
-    def logprob(self) -> float:
-        """Sum of the generated tokens' log-probs."""
-        return float(np.sum(self.logprobs))
-
-
-@dataclass(frozen=True)
-class PromptGeneration:
-    """The completions of one prompt, with the exact prompt tokens and image keep-mask used."""
-
-    completions: tuple[Completion, ...]
-    prompt_ids: np.ndarray  # int32 [T]: template + image tokens + forced prefix
-    prefix_ids: np.ndarray  # int32 [R]: the forced response prefix tokens (the end of prompt_ids)
-    keep_mask: np.ndarray | None  # bool [num image tokens] or None (all visible)
-
-    @property
-    def texts(self) -> list[str]:
-        return [c.text for c in self.completions]
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    ids: np.ndarray
-    prefix_ids: np.ndarray
-    images: tuple[Any, ...]  # paths (str) or preprocessed [C, H, W] arrays
-    keep: np.ndarray | None
-
-
-def _power_of_two_at_least(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
+from .types import (
+    IMAGE_PLACEHOLDER,
+    Completion,
+    GenerationInputError,
+    PromptGeneration,
+    _generation_eos_ids,
+    _power_of_two_at_least,
+    _Prepared,
+)
 
 
 class Generator:
@@ -456,70 +380,3 @@ class Generator:
         if cuts:
             cont = cont[: min(cuts)]
         return Completion((pre + cont).strip(), cont, toks, logps, stopped)
-
-
-def _generation_eos_ids(path: str) -> list[int]:
-    """EOS ids named by ``generation_config.json`` (an int or a list), if the directory has one."""
-    cfg_path = os.path.join(path, "generation_config.json")
-    if not os.path.exists(cfg_path):
-        return []
-    with open(cfg_path) as f:
-        eos = json.load(f).get("eos_token_id")
-    if eos is None:
-        return []
-    return [int(e) for e in (eos if isinstance(eos, list) else [eos])]
-
-
-# ---------------------------------------------------------------------------------------------- records API
-_CACHE: dict[tuple, Generator] = {}
-
-
-def _model_stamp(path: str) -> tuple:
-    """What identifies a model directory's current contents cheaply: its files' names, sizes and mtimes."""
-    stamp = []
-    for name in sorted(os.listdir(path)):
-        st = os.stat(os.path.join(path, name))
-        stamp.append((name, st.st_size, st.st_mtime_ns))
-    return tuple(stamp)
-
-
-def get_generator(model_path: str) -> Generator:
-    """A :class:`Generator` for ``model_path``, reused across calls while the directory is unchanged (the
-    last model only, with its compiled functions)."""
-    path = os.path.abspath(model_path)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: model directory not found")
-    key = (path, _model_stamp(path))
-    if key not in _CACHE:
-        _CACHE.clear()
-        _CACHE[key] = Generator.from_model_dir(path)
-    return _CACHE[key]
-
-
-def generate_records(
-    model_path: str,
-    records: Sequence[dict],
-    *,
-    base_dir: str,
-    max_new_tokens: int,
-    batch_size: int,
-    temperature: float = 0.0,
-    seed: int = 0,
-    n_samples: int = 1,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    progress: Callable[[int], None] | None = None,
-) -> list[str] | list[list[str]]:
-    """Answer each ``{image, prompt}`` record (image paths relative to ``base_dir``) with the model.
-
-    Returns one stripped string per record, or a list of ``n_samples`` strings per record when
-    ``n_samples > 1``. Temperature 0 (the default) is greedy.
-    """
-    gen = get_generator(model_path)
-    sp = SamplingParams(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, n_samples=n_samples
-    )
-    out = gen.generate(records, sp, seed=seed, batch_size=batch_size, base_dir=base_dir, progress=progress)
-    if n_samples == 1:
-        return [g.completions[0].text for g in out]
-    return [g.texts for g in out]
