@@ -138,7 +138,7 @@ class TrainConfig:
 
 @dataclass
 class OnlineConfig:
-    every: int = _f(8, "online_dpo / mixed_dpo: optimizer steps per round; each round the current policy samples "
+    every: int = _f(8, "online_dpo / mixed_dpo / avg_dpo: optimizer steps per round; each round the current policy samples "
                     "for batch_size x every prompts (spec §2.1)")
     samples: int = _f(2, "samples per prompt (the annotator compares Response 1 vs Response 2)")
     temperature: float = _f(1.0, "sampling temperature (not given in the paper; spec §2.1 inferred default)")
@@ -148,6 +148,14 @@ class OnlineConfig:
     mix_p: float = _f(0.5, "mixed_dpo: probability p of the offline pair (alpha ~ Bernoulli(p), spec §2.1 eq. 4)")
     annotator: str = _f("", "who ranks the samples: world:DIR (the built-in world's ground truth) | reward:MODEL "
                         "(a reward or critique_reward run's model)")
+    rejected: str = _f("annotator", "how the online pair is made: annotator (the best and worst of online.samples "
+                       "samples) | bdhs (Online-BDHS, spec §2.2: chosen = the record's answer, rejected = the live "
+                       "policy's BDHS answer with image attention masked; an annotator, if set, only logs scores)")
+    bdhs_rho_th: float = _f(0.99, "online.rejected=bdhs: image tokens hidden with probability rho_th (spec §2.2)")
+    bdhs_attempts: int = _f(5, "online.rejected=bdhs: N_BDHS attempts, the last one unguided (spec §2.2)")
+    bdhs_sim_threshold: float = _f(0.97, "online.rejected=bdhs: retry while the sentence-embedding cosine to the "
+                                   "answer is >= eps_s (spec §2.2)")
+    bdhs_embedder: str = _f("", "online.rejected=bdhs: sentence-embedder directory (empty: the packaged MiniLM)")
 
 
 @dataclass
@@ -275,6 +283,7 @@ def validate(cfg: Config) -> None:
         (cfg.checkpoint.every > 0, "checkpoint.every must be positive"),
         (cfg.optim.grad_accum >= 1 and cfg.data.batch_size % cfg.optim.grad_accum == 0,
          "optim.grad_accum must divide data.batch_size"),
+        (cfg.online.rejected in ("annotator", "bdhs"), "online.rejected must be annotator|bdhs"),
     ]
     for ok, msg in checks:
         if not ok:

@@ -12,6 +12,17 @@ sample become the online pair ``(ỹ+, ỹ−)``; a tie or an undecidable annota
   ``α L(offline) + (1 − α) L(online)`` with ``α`` in {0, 1}, the round file holds exactly the selected pair per
   prompt and the step is plain DPO on it (``losses.mixed_dpo`` of the logged terms equals it: tested).
 
+* ``online.rejected = bdhs`` (Online-BDHS, spec §2.2): instead of ranking samples, the pair of a prompt is the
+  record's ground-truth answer (chosen) against the live policy's BDHS answer (rejected): image attention masked
+  (rho_th), guided sentence continuations of the answer, the similarity retries, exactly as ``jax-align prefs
+  bdhs`` (one implementation, :func:`jax_align.generate.bdhs.bdhs_rejected`), regenerated every round with the
+  current parameters. A rejected answer equal to the chosen one drops the prompt (counted). An annotator, if
+  given, only logs the scores of both sides.
+* ``avg_dpo``: eq. (5), for pairwise data whose external rejected answer ``y−`` and the live policy's Online-BDHS
+  answer ``ỹ−`` share the record's chosen ``y+``: ``γ L(y+, y−) + (1 − γ) L(y+, ỹ−)``, γ = 0.5
+  (:data:`jax_align.train.stage_losses.AVG_GAMMA`); an example whose BDHS answer failed uses ``y−`` alone. The
+  round file holds ``responses = [y+, y−, ỹ−]`` (ranked format, the pipeline's three columns).
+
 Each round's pairs are written atomically to ``run.dir/online/round_NNNNN.jsonl`` with provenance (round,
 step, ``alpha``, every sample and its score): the log of what the policy sampled, and the online buffer. All
 randomness of a round derives from ``(run.seed, round)``, so a resume reuses the round file if it was
@@ -55,6 +66,8 @@ class RoundStats:
     rejected_score: float = 0.0
     seconds_sampling: float = 0.0
     seconds_annotating: float = 0.0
+    bdhs_similarity: float = 0.0  # online.rejected=bdhs: mean cosine of the kept rejected answers to the chosen
+    bdhs_attempts: float = 0.0  # mean BDHS attempts used
 
     def metrics(self) -> dict[str, float]:
         return {f"online/{k}": float(v) for k, v in self.__dict__.items()}
@@ -75,13 +88,41 @@ def _question(group) -> str:
     return " ".join(m.content for m in group.prompt if m.role == "user").strip()
 
 
+def _answer(group, k: int = 0) -> str:
+    """The text of a record's k-th response (pairwise: 0 = chosen, 1 = rejected; SFT: the first answer)."""
+    if hasattr(group, "responses"):
+        return group.responses[k][0].content.strip()
+    return next(m.content for m in group.messages if m.role == "assistant").strip()
+
+
+def bdhs_config(on, seed: int, r: int, batch_size: int | None = None):
+    """The BDHS settings of round ``r`` (spec §2.2): ``online.bdhs_*``, ``online.max_new_tokens`` per guided
+    sentence, and a seed of ``(run.seed, r)`` so that a resume regenerates the same masks and pivots."""
+    from jax_align.generate.bdhs import BDHSConfig
+
+    return BDHSConfig(rho_th=on.bdhs_rho_th, attempts=on.bdhs_attempts, sim_threshold=on.bdhs_sim_threshold,
+                      max_new_tokens=on.max_new_tokens, seed=int(seed) * 1_000_003 + r,
+                      batch_size=batch_size or on.batch_size)
+
+
 class OnlineRounds:
     """Writes the pairs of each round; ``params_fn()`` returns the policy's current full parameter state."""
 
     def __init__(self, cfg, data_path: str, model_dir: str, model_config, graphdef_full,
                  params_fn: Callable[[], Any], annotator: Annotator, *, mixed: bool, prompts_per_round: int):
+        from .stages import get_stage
+
         self.cfg = cfg
-        self.mixed = mixed
+        self.kind = get_stage(cfg.run.stage).online or ("mixed" if mixed else "online")
+        self.mixed = self.kind == "mixed"
+        self.bdhs = cfg.online.rejected == "bdhs"
+        if self.kind == "avg" and not self.bdhs:
+            raise ValueError(f"run.stage={cfg.run.stage} averages the record's rejected answer with the live "
+                             f"policy's Online-BDHS answer (spec §2.1 eq. 5): online.rejected must be bdhs")
+        if not self.bdhs and annotator is None:
+            raise ValueError(f"run.stage={cfg.run.stage} with online.rejected=annotator needs an annotator "
+                             f"(online.annotator=world:DIR or reward:MODEL)")
+        self._embedder = None
         self.prompts_per_round = prompts_per_round
         self.annotator = annotator
         self.params_fn = params_fn
@@ -123,6 +164,13 @@ class OnlineRounds:
         self._generator.sampler.params = self.params_fn()  # the current policy, same arrays as the train state
         return self._generator
 
+    def embedder(self):
+        if self._embedder is None:
+            from jax_align.embedders import SentenceEmbedder
+
+            self._embedder = SentenceEmbedder.from_path(self.cfg.online.bdhs_embedder or None)
+        return self._embedder
+
     def _prompt(self, rec: dict) -> tuple[dict, Any]:
         fmt = "pairwise" if ("chosen" in rec or "rejected" in rec) else "sft"
         group, problems = parse_record(rec, fmt, base_dir=self.source.base_dir,
@@ -144,15 +192,12 @@ class OnlineRounds:
         path = self.path(r)
         if os.path.isfile(path):
             return path
-        from jax_align.sampling import SamplingParams
-
         on = self.cfg.online
         stats = RoundStats()
         idx = self._round_indices(r)
         rng = np.random.default_rng([self.cfg.run.seed, 11, r])
         alphas = (rng.random(len(idx)) < on.mix_p).astype(int) if self.mixed else np.zeros(len(idx), int)
         stats.prompts = len(idx)
-        rows: list[dict | None] = [None] * len(idx)
         need = [j for j, a in enumerate(alphas) if a == 0]
         prompts, groups = [], []
         for j in range(len(idx)):
@@ -160,25 +205,38 @@ class OnlineRounds:
             prompts.append(p)
             groups.append(g)
         t0 = time.perf_counter()
-        samples: list[list[str]] = []
-        if need:
+        bdhs: list = []
+        if self.bdhs:  # Online-BDHS (spec §2.2): the live policy's masked, guided answer is the rejected side
+            from jax_align.generate.bdhs import bdhs_rejected
+
+            answers = [_answer(groups[j]) for j in need]
+            bdhs = bdhs_rejected(self.generator(), [prompts[j] for j in need], answers, embedder=self.embedder(),
+                                 cfg=bdhs_config(on, self.cfg.run.seed, r)) if need else []
+            samples = [[a, b.rejected] for a, b in zip(answers, bdhs, strict=True)]
+        elif need:
+            from jax_align.sampling import SamplingParams
+
             sp = SamplingParams(max_new_tokens=on.max_new_tokens, temperature=on.temperature, top_p=on.top_p,
                                 n_samples=on.samples)
             outs = self.generator().generate([prompts[j] for j in need], sp, batch_size=on.batch_size,
-                                            seed=int(self.cfg.run.seed) * 1_000_003 + r)
+                                             seed=int(self.cfg.run.seed) * 1_000_003 + r)
             samples = [[t.strip() for t in o.texts] for o in outs]
+        else:
+            samples = []
         stats.seconds_sampling = time.perf_counter() - t0
-        stats.sampled = sum(len(s) for s in samples)
+        stats.sampled = len(bdhs) if self.bdhs else sum(len(x) for x in samples)
         t0 = time.perf_counter()
         # annotators read the records from elsewhere (a reward model scores a temporary file): absolute image paths
         judged = [_absolute_images(self.records[idx[j]], self.source.base_dir) for j in need]
-        scores = self.annotator.annotate(judged, samples) if need else []
+        scores = self.annotator.annotate(judged, samples) if need and self.annotator is not None else \
+            [[None] * len(x) for x in samples]
         stats.seconds_annotating = time.perf_counter() - t0
-        base_out = self.dir
+        rows: list[dict | None] = [None] * len(idx)
+        scored = 0
         for j, a in enumerate(alphas):
             rec = self.records[idx[j]]
             question = _question(groups[j]) if hasattr(groups[j], "prompt") else None
-            out = {k: v for k, v in rebase_images(rec, self.source.base_dir, base_out).items()
+            out = {k: v for k, v in rebase_images(rec, self.source.base_dir, self.dir).items()
                    if k in ("id", "image", "images")}
             out["prompt"] = prompts[j]["messages"][-1]["content"] if question is None else question
             out["online"] = {"round": r, "step": step, "record": idx[j], "alpha": int(a)}
@@ -189,8 +247,31 @@ class OnlineRounds:
                 continue
             k = need.index(j)
             texts, sc = samples[k], scores[k]
-            known = [(s, t) for s, t in zip(sc, texts, strict=True) if s is not None and t]
             out["online"].update(samples=texts, scores=sc)
+            if self.bdhs:
+                chosen, rejected = texts
+                out["online"]["bdhs"] = bdhs[k].provenance()
+                usable = bool(rejected) and rejected != chosen
+                if self.kind == "avg":  # eq. (5): y+, the record's y-, and the policy's y~- when it differs
+                    external = _answer(groups[j], 1)
+                    out["responses"] = [chosen, external] + ([rejected] if usable else [])
+                    out["online"]["rejected_external"] = external
+                elif not usable:
+                    stats.dropped += 1  # the masked policy wrote the answer itself: no pair
+                    continue
+                else:
+                    out["chosen"], out["rejected"] = chosen, rejected
+                if usable:
+                    stats.online_pairs += 1
+                    stats.bdhs_similarity += bdhs[k].similarity
+                    stats.bdhs_attempts += bdhs[k].attempts
+                if sc[0] is not None and sc[1] is not None:
+                    scored += 1
+                    stats.chosen_score += sc[0]
+                    stats.rejected_score += sc[1]
+                rows[j] = out
+                continue
+            known = [(s, t) for s, t in zip(sc, texts, strict=True) if s is not None and t]
             if len(known) < 2 or max(s for s, _ in known) == min(s for s, _ in known) or \
                     len({t for _, t in known}) < 2:
                 stats.dropped += 1  # tie or undecidable: no pair (spec §2.1 needs a ranking)
@@ -199,16 +280,21 @@ class OnlineRounds:
             worst = min(known, key=lambda st: st[0])
             out["chosen"], out["rejected"] = best[1], worst[1]
             stats.online_pairs += 1
+            scored += 1
             stats.chosen_score += best[0]
             stats.rejected_score += worst[0]
             rows[j] = out
-        if stats.online_pairs:
-            stats.chosen_score /= stats.online_pairs
-            stats.rejected_score /= stats.online_pairs
+        if scored:
+            stats.chosen_score /= scored
+            stats.rejected_score /= scored
+        if self.bdhs and stats.online_pairs:
+            stats.bdhs_similarity /= stats.online_pairs
+            stats.bdhs_attempts /= stats.online_pairs
         kept = [row for row in rows if row is not None]
         if not kept:
-            raise ValueError(f"online round {r}: every prompt was dropped (ties or undecidable annotations, "
-                             f"annotator {self.annotator.name}); nothing to train on")
+            who = "BDHS answers equal to the chosen ones" if self.bdhs else \
+                f"ties or undecidable annotations, annotator {self.annotator.name}"
+            raise ValueError(f"online round {r}: every prompt was dropped ({who}); nothing to train on")
         os.makedirs(self.dir, exist_ok=True)
         with atomic_file(path) as f:
             for row in kept:
@@ -274,10 +360,12 @@ class OnlineIterator:
 
 
 def online_pipeline_config(dcfg, path: str):
-    """The round pipeline: the trainer's data config over a round file, pairwise, in file order, repeating. The
-    round file's image paths point back to the source data's images (checked under the user's
-    data.allow_absolute_paths when the source was read), so they may leave run.dir/online."""
-    return replace(dcfg, path=path, format="pairwise", shuffle=False, num_epochs=None, required_fields=(),
+    """The round pipeline: the trainer's data config over a round file, pairwise (Avg-DPO's three columns
+    ``[y+, y−, ỹ−]``: ranked), in file order, repeating. The round file's image paths point back to the source
+    data's images (checked under the user's data.allow_absolute_paths when the source was read), so they may
+    leave run.dir/online."""
+    fmt = "ranked" if dcfg.responses_per_group > 2 else "pairwise"
+    return replace(dcfg, path=path, format=fmt, shuffle=False, num_epochs=None, required_fields=(),
                    allow_absolute_paths=True, pair_from_ranked=False)
 
 

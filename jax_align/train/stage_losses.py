@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jax_align.losses import batch_implicit_beta, dpo_loss, mdpo_loss, reward_margin_beta
+from jax_align.losses import avg_dpo, batch_implicit_beta, dpo_loss, mdpo_loss, reward_margin_beta
 from jax_align.preference import BATCH_KEY
 from jax_align.reward_losses import bradley_terry_loss, mmrlhf_reward_loss, ranked_bradley_terry_loss
 
@@ -91,6 +91,29 @@ def _pair_dpo(ctx, batch, spec, beta):
 def dpo_stage_loss(ctx: LossContext, batch, spec):
     """DPO family on (chosen, rejected) = columns (0, 1), fixed beta (EACO, the Apple study: spec §1.4, §2.1)."""
     return _pair_dpo(ctx, batch, spec, spec.beta)
+
+
+# Avg-DPO's gamma, fixed at the paper's 0.5 (spec §2.1 eq. 5); a config key would need a StepSpec field.
+AVG_GAMMA = 0.5
+
+
+def avg_dpo_stage_loss(ctx: LossContext, batch, spec):
+    """Avg-DPO (spec §2.1 eq. 5, the POVID code's loss average): columns (y+, external y−, policy ỹ−) give
+    ``γ L(y+, y−) + (1 − γ) L(y+, ỹ−)`` per example (:func:`jax_align.losses.avg_dpo`, γ = :data:`AVG_GAMMA`);
+    an example missing one rejected column uses the other with weight 1. ``rewards/*`` metrics are those of the
+    external pair; ``avg/*`` those of the policy pair."""
+    logps, counts, ref = _policy_and_reference(ctx, batch, spec)
+    group_ok = counts[:, 0] > 0
+    kw = dict(beta=spec.beta, loss_type=spec.loss_type, loss_weights=spec.loss_weights,
+              label_smoothing=spec.label_smoothing, chosen_lengths=counts[:, 0])
+    la, metrics = dpo_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], rejected_lengths=counts[:, 1], **kw)
+    lb, mb = dpo_loss(logps[:, 0], logps[:, 2], ref[:, 0], ref[:, 2], rejected_lengths=counts[:, 2], **kw)
+    has_b = counts[:, 2] > 0
+    losses = avg_dpo(la, lb, gamma=AVG_GAMMA, available_a=counts[:, 1] > 0, available_b=has_b)
+    metrics = dict(metrics)
+    metrics["avg/rewards_margins_policy"] = mb["rewards/margins"]
+    metrics["avg/policy_rejected"] = _mean(has_b.astype(jnp.float32), group_ok)
+    return _finish(_mean(losses, group_ok), metrics, logps, counts, group_ok, spec)
 
 
 def mmdpo_stage_loss(ctx: LossContext, batch, spec):

@@ -54,7 +54,7 @@ class Stage:
     defaults: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))  # dotted config key -> value
     prepare_data: Callable[[str, object], str] | None = None  # (data file, Config) -> file the pipeline reads
     pipeline_format: str | None = None  # format the prepared file is in (default: record_format)
-    online: str | None = None  # "online" | "mixed": the policy samples its pairs during training (spec §2.1)
+    online: str | None = None  # "online" | "mixed" | "avg": the policy samples during training (spec §2.1-2.2)
 
     @property
     def data_format(self) -> str:
@@ -86,6 +86,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("mixed_dpo", "Mixed-DPO: per prompt the offline pair (alpha ~ Bernoulli(p)) or an online pair (§2.1 eq. 4)",
           "pairwise", L.dpo_stage_loss, responses=2, needs_reference=True, summary_metrics=_PREF_METRICS,
           online="mixed"),
+    Stage("avg_dpo", "Avg-DPO: the record's chosen against its rejected and the live policy's Online-BDHS answer, "
+          "the two DPO losses averaged with gamma = 0.5 (§2.1 eq. 5, §2.2)", "pairwise", L.avg_dpo_stage_loss,
+          responses=3, needs_reference=True, summary_metrics=_PREF_METRICS, online="avg", pipeline_format="ranked",
+          defaults=MappingProxyType({"online.rejected": "bdhs"})),
 )}
 
 
