@@ -138,8 +138,8 @@ class TrainConfig:
 
 @dataclass
 class OnlineConfig:
-    every: int = _f(8, "online_dpo / mixed_dpo / avg_dpo: optimizer steps per round; each round the current policy samples "
-                    "for batch_size x every prompts (spec §2.1)")
+    every: int = _f(8, "online_dpo / mixed_dpo / avg_dpo: optimizer steps per round; each round the current "
+                    "policy samples for batch_size x every prompts (spec §2.1)")
     samples: int = _f(2, "samples per prompt (the annotator compares Response 1 vs Response 2)")
     temperature: float = _f(1.0, "sampling temperature (not given in the paper; spec §2.1 inferred default)")
     top_p: float = _f(1.0, "nucleus sampling")
