@@ -255,6 +255,26 @@ def test_sft_packing_puts_several_examples_per_row(world):
     assert sum(int((b["segment_ids"] != 0).any(1).sum()) for b, _ in unpacked) == 17
 
 
+@pytest.mark.parametrize("name,kw", [
+    ("pairs.jsonl", {}), ("pairs.jsonl", {"layout": "naive"}),
+    ("ranked.jsonl", {"format": "ranked", "num_responses": 4}),
+    ("sft.jsonl", {"format": "sft"}), ("sft.jsonl", {"format": "sft", "pack": True, "max_images": 4}),
+])
+def test_empty_batch_has_the_keys_shapes_and_dtypes_of_real_batches(world, name, kw):
+    """``Collator.empty_batch`` (what ``jax-align plan`` compiles for) matches every real batch of its bucket."""
+    pipe = DataPipeline(_cfg(world, name, **kw))
+    seen = set()
+    for batch, _ in _all(pipe.iterator(), limit=6):
+        length = batch["input_ids"].shape[-1]
+        empty = pipe.collator.empty_batch(length)
+        assert empty.keys() == batch.keys()
+        for k in batch:
+            assert (empty[k].shape, empty[k].dtype) == (batch[k].shape, batch[k].dtype), k
+        assert not empty["segment_ids"].any()
+        seen.add(length)
+    assert seen
+
+
 @pytest.mark.parametrize("name", ["pairs.parquet", "pairs_ds"])
 def test_parquet_and_datasets_with_embedded_images_match_jsonl(world, name):
     ref = _all(DataPipeline(_cfg(world, shuffle=False)).iterator())

@@ -28,14 +28,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
-from jax_align.sharding import make_mesh, rules_from_config, spec_for, state_shardings, use_rules
+from jax_align.sharding import make_mesh, rules_from_config, use_rules
 
 from .config import Config, ConfigError
 from .optim import build_optimizer
-from .partition import split_trainable
 from .stages import Stage, get_stage
+from .state_spec import (
+    abstract_train_state,
+    batch_sharding,
+    jit_step,
+    model_kwargs,
+    param_shardings,
+    split_params,
+)
 from .steps import StepSpec, make_train_step
 from .trainer import check_mesh
 
@@ -119,39 +125,14 @@ def model_dir_of(cfg: Config) -> str:
     return path
 
 
-def _dtype(name: str):
-    return jnp.dtype({"fp32": "float32", "bf16": "bfloat16"}.get(name, name))
-
-
-def model_kwargs(cfg: Config) -> dict:
-    """The ``LlavaModel`` keywords the trainer builds with (``model.attention`` / ``model.scan_layers`` when the
-    config has them)."""
-    compute = None if cfg.model.compute_dtype in ("", "float32", "fp32") else _dtype(cfg.model.compute_dtype)
-    kw = {"param_dtype": _dtype(cfg.model.param_dtype), "dtype": compute, "remat": cfg.model.remat}
-    for key in ("attention", "scan_layers"):
-        if hasattr(cfg.model, key):
-            kw[key] = getattr(cfg.model, key)
-    return kw
-
-
-def _abstract(tree):
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
-
-
-def abstract_model(cfg: Config, config):
-    """``(graphdef, trainable, frozen, full_state, is_lora)`` of the trainer's model, all abstract.
-
-    The model is built under ``nnx.eval_shape`` (no weights); LoRA adapters are then added for real (they are
-    small, and adding them to a scanned stack reads which layers already have some) and made abstract."""
+def abstract_model(cfg: Config, config, stage: Stage):
+    """The trainer's :class:`~jax_align.train.state_spec.ParamTrees`, all abstract: the model is built under
+    ``nnx.eval_shape`` (no weights); LoRA adapters are then added for real (they are small, and adding them to a
+    scanned stack reads which layers already have some) and made abstract."""
     from jax_align.models import LlavaModel
-    from jax_align.models.lora import split_lora
-
-    from .lora import maybe_apply_lora
 
     model = nnx.eval_shape(lambda: LlavaModel(config, rngs=nnx.Rngs(cfg.run.seed), **model_kwargs(cfg)))
-    model, is_lora = maybe_apply_lora(model, cfg.lora, seed=cfg.run.seed)
-    graphdef, trainable, frozen = split_lora(model) if is_lora else split_trainable(model, cfg.model)
-    return graphdef, _abstract(trainable), _abstract(frozen), _abstract(nnx.state(model)), is_lora
+    return split_params(cfg, stage, model, config.text.hidden_size, is_abstract=True)
 
 
 # ------------------------------------------------------------------------------------------------ batch
@@ -166,8 +147,8 @@ def batch_shapes(cfg: Config, stage: Stage, model_dir: str, config, length: int)
     The arrays are those the data pipeline's collator builds (same keys, shapes and dtypes) for a batch of
     ``data.batch_size / optim.grad_accum`` groups per micro-batch padded to ``length`` tokens.
     """
-    from jax_align.data.layouts import assemble_rows
-    from jax_align.data.pipeline import Collator, DataConfig
+    from jax_align.data.collate import Collator
+    from jax_align.data.data_config import DataConfig
     from jax_align.models.frontends import load_frontend
 
     fmt = stage.pipeline_format or cfg.data.format or stage.record_format
@@ -186,16 +167,7 @@ def batch_shapes(cfg: Config, stage: Stage, model_dir: str, config, length: int)
 
         image_shape = (3, *ImageProcessorConfig.from_model_dir(model_dir).output_size)
         frontend = None
-    collator = Collator(dcfg, pad_id=0, image_shape=image_shape, frontend=frontend)
-    sft = fmt == "sft"
-    num_rows = groups * responses if (not sft and cfg.data.layout == "naive") else groups
-    batch = assemble_rows([], num_rows=num_rows, seq_len=length, max_images=dcfg.max_images,
-                          image_shape=image_shape, pad_id=0, num_groups=None if sft else groups,
-                          num_responses=None if sft else responses, frontend=frontend)
-    extra = collator._group_arrays([], groups, 1 if sft else responses)
-    if sft:
-        extra = {k: v for k, v in extra.items() if k in ("group_mask", "record_index", "response_source")}
-    batch.update(extra)
+    batch = Collator(dcfg, pad_id=0, image_shape=image_shape, frontend=frontend).empty_batch(length)
     shapes = {k: jax.ShapeDtypeStruct((accum, *np.shape(v)), np.asarray(v).dtype) for k, v in batch.items()}
     return shapes, groups, responses
 
@@ -275,29 +247,6 @@ class Plan:
         return c["argument"] + c["output"] - c["alias"] + c["temp"] + c["code"]
 
 
-def moment_shardings(opt_state, params, param_shardings, default):
-    """Shardings of an optax state: a leaf whose path ends with a parameter's path and has its shape (Adam's
-    ``mu``/``nu``) takes that parameter's sharding, anything else (step counters) ``default``. The trainer gets
-    the same from ``jax.jit(tx.init)`` (``zeros_like`` keeps the sharding)."""
-    def key(path):
-        return tuple(str(getattr(p, "key", getattr(p, "idx", getattr(p, "name", p)))) for p in path)
-
-    flat_p, _ = jax.tree_util.tree_flatten_with_path(params)
-    by_path = {key(path): (x.shape, s) for (path, x), s in zip(flat_p, jax.tree.leaves(param_shardings),
-                                                                strict=True)}
-    longest = max((len(k) for k in by_path), default=0)
-
-    def one(path, x):
-        k = key(path)
-        for n in range(min(len(k), longest), 0, -1):
-            hit = by_path.get(k[-n:])
-            if hit is not None and tuple(hit[0]) == tuple(x.shape):
-                return hit[1]
-        return default
-
-    return jax.tree_util.tree_map_with_path(one, opt_state)
-
-
 @contextlib.contextmanager
 def _mesh_context(mesh, devices):
     """``jax.set_mesh(mesh)`` as the trainer does. For devices of another platform (a TPU topology from a CPU
@@ -333,8 +282,6 @@ def build_plan(cfg: Config, devices=None, *, length: int | None = None) -> Plan:
 
     from jax_align.models import LlavaConfig
 
-    from .reward_head import init_head
-
     t0 = time.perf_counter()
     devices = list(devices if devices is not None else jax.devices())
     stage = get_stage(cfg.run.stage)
@@ -351,40 +298,21 @@ def build_plan(cfg: Config, devices=None, *, length: int | None = None) -> Plan:
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
-    graphdef, trainable, frozen, full, is_lora = abstract_model(cfg, config)
-    params = {"model": trainable}
-    if stage.reward_head:
-        head = jax.eval_shape(lambda: init_head(cfg.reward.head, config.text.hidden_size))
-        params["reward_head"] = _abstract(head)
-    ref = None
-    if stage.needs_reference and cfg.ref.mode == "copy" and not is_lora:
-        ref_dtype = _dtype(cfg.ref.dtype) if cfg.ref.dtype else None
-        ref = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, ref_dtype or x.dtype), full)
+    trees = abstract_model(cfg, config, stage)
+    params, frozen, ref = trees.params, trees.frozen, trees.ref
     tx = build_optimizer(cfg.optim, cfg.train.steps, params)
-
-    replicated = NamedSharding(mesh, PartitionSpec())
-    p_sh = {"model": state_shardings(trainable, mesh, rules)}
-    if "reward_head" in params:
-        p_sh["reward_head"] = jax.tree.map(lambda _: replicated, params["reward_head"])
-    frozen_sh = state_shardings(frozen, mesh, rules)
-    ref_sh = None if ref is None else state_shardings(ref, mesh, rules)
-    # the moments follow the parameters' shardings (the trainer's jit(tx.init) propagates them the same way)
-    opt_state = _abstract(jax.eval_shape(tx.init, params))
-    opt_sh = moment_shardings(opt_state, params, p_sh, replicated)
-    key_data = _abstract(jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))))
-    state = {"params": params, "opt_state": opt_state, "step": jax.ShapeDtypeStruct((), jnp.int32),
-             "rng": key_data}
-    state_sh = {"params": p_sh, "opt_state": opt_sh, "step": replicated, "rng": replicated}
+    sh = param_shardings(trees, mesh, rules)
+    p_sh, frozen_sh, ref_sh = sh.params, sh.frozen, sh.ref
+    state, state_sh = abstract_train_state(trees, sh, tx)
+    opt_state, opt_sh = state["opt_state"], state_sh["opt_state"]
 
     batch, groups, responses = batch_shapes(cfg, stage, model_dir, config, length)
-    batch_sh = {k: NamedSharding(mesh, spec_for((None, "batch") + (None,) * (len(v.shape) - 2), v.shape, mesh))
-                for k, v in batch.items()}
+    batch_sh = {k: batch_sharding(v.shape, mesh) for k, v in batch.items()}
 
     spec = StepSpec.from_config(cfg, stage, groups=groups, responses=responses)
-    step_fn = make_train_step(graphdef, spec, tx)
+    step_fn = make_train_step(trees.graphdef, spec, tx)
     t1 = time.perf_counter()
-    jitted = jax.jit(step_fn, donate_argnums=(0,), in_shardings=(state_sh, frozen_sh, ref_sh, batch_sh),
-                     out_shardings=(state_sh, replicated))
+    jitted = jit_step(step_fn, state_sh, frozen_sh, ref_sh, batch_sh, mesh)
     with _mesh_context(mesh, devices), use_rules(rules):  # activation constraints by name, as the trainer
         lowered = jitted.lower(state, frozen, ref, batch)
         t2 = time.perf_counter()
@@ -425,7 +353,7 @@ def build_plan(cfg: Config, devices=None, *, length: int | None = None) -> Plan:
     largest.sort(key=lambda r: -r[1])
     count = lambda tree: sum(int(np.prod(x.shape, dtype=np.int64)) for x in jax.tree.leaves(tree))
     return Plan(chips=len(devices), mesh=dict(mesh.shape), length=length, groups=groups, responses=responses,
-                grad_accum=cfg.optim.grad_accum, params_total=count(full),
+                grad_accum=cfg.optim.grad_accum, params_total=count(trees.full),
                 params_trainable=count(params), bytes=counted, compiled=stats, flops=flops,
                 xla_flops=float(cost.get("flops", 0.0)) if cost else 0.0, largest=largest[:8],
                 seconds={"build": round(t1 - t0, 1), "lower": round(t2 - t1, 1), "compile": round(t3 - t2, 1),

@@ -18,20 +18,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
 from jax_align.model_store import load_model, save_model
 from jax_align.models import LlavaModel
 from jax_align.run_lock import lock_run_dir
-from jax_align.sharding import make_mesh, rules_from_config, spec_for, state_shardings, use_rules
+from jax_align.sharding import make_mesh, rules_from_config, use_rules
 
 from .checkpointing import TrainCheckpointer, check_resume, fingerprint, resume_state
 from .config import Config, ConfigError, dump
 from .metrics_log import MetricsLog, Progress
 from .optim import build_optimizer
-from .partition import split_trainable
-from .reward_head import init_head, save_head
+from .reward_head import save_head
 from .stages import Stage, get_stage
+from .state_spec import batch_sharding, jit_step, model_kwargs, param_shardings, place_train_state, split_params
 from .steps import StepSpec, make_train_step
 
 log = logging.getLogger("jax_align.train")
@@ -42,10 +41,6 @@ PAD_VALUES = {"input_ids": None, "positions": 0, "segment_ids": 0, "prefix_segme
 
 class TrainingDiverged(RuntimeError):
     pass
-
-
-def _dtype(name: str):
-    return jnp.dtype({"fp32": "float32", "bf16": "bfloat16"}.get(name, name))
 
 
 def init_model_dir(cfg: Config) -> str:
@@ -131,19 +126,15 @@ class Trainer:
     def _model(self, model_dir: str):
         """The starting model, built with the configured parameter dtype, compute dtype and remat policy."""
         cfg = self.cfg
-        pdtype = _dtype(cfg.model.param_dtype)
-        compute = None if cfg.model.compute_dtype in ("", "float32", "fp32") else _dtype(cfg.model.compute_dtype)
+        kw = model_kwargs(cfg)
         if cfg.model.path:
-            config, graphdef, params = load_model(model_dir, dtype=pdtype, compute_dtype=compute,
-                                                  remat=cfg.model.remat, attention=cfg.model.attention,
-                                                  scan_layers=cfg.model.scan_layers)
+            config, graphdef, params = load_model(model_dir, dtype=kw.pop("param_dtype"),
+                                                  compute_dtype=kw.pop("dtype"), **kw)
             return config, nnx.merge(graphdef, params)
         from jax_align.models import LlavaConfig
 
         config = LlavaConfig.from_hf_dir(model_dir).replace(source_dir=os.path.abspath(model_dir))
-        return config, LlavaModel(config, rngs=nnx.Rngs(cfg.run.seed), param_dtype=pdtype, dtype=compute,
-                                  remat=cfg.model.remat, attention=cfg.model.attention,
-                                  scan_layers=cfg.model.scan_layers)
+        return config, LlavaModel(config, rngs=nnx.Rngs(cfg.run.seed), **kw)
 
     def run(self) -> dict:
         """Train; the run directory is locked for the whole run (a second run on it stops naming the holder)."""
@@ -206,40 +197,16 @@ class Trainer:
 
         pad_id = ChatTokenizer.from_model_dir(model_dir).pad_id if pipeline is None else pipeline.tokenizer.pad_id
 
-        # ---- parameters, reference, optimizer
-        from jax_align.models.lora import merged_state, split_lora
+        # ---- parameters, reference, optimizer (the same assembly jax-align plan makes abstractly)
+        from jax_align.models.lora import merged_state
 
-        from .lora import maybe_apply_lora
-
-        model, is_lora = maybe_apply_lora(model, cfg.lora, seed=cfg.run.seed)
-        if is_lora:  # only the adapters train; the reference is the same weights with adapters off
-            graphdef, trainable, frozen = split_lora(model)
-        else:
-            graphdef, trainable, frozen = split_trainable(model, cfg.model)
-        params = {"model": trainable}
-        if stage.reward_head:
-            params["reward_head"] = init_head(cfg.reward.head, config.text.hidden_size, seed=cfg.run.seed)
-        ref = None
-        if stage.needs_reference and cfg.ref.mode == "copy" and not is_lora:
-            ref_dtype = _dtype(cfg.ref.dtype) if cfg.ref.dtype else None
-            full = nnx.state(model)
-            # a real copy: the policy's buffers are donated to every step
-            ref = jax.tree.map(lambda x: jnp.array(x, dtype=ref_dtype or x.dtype, copy=True), full)
-        tx = build_optimizer(cfg.optim, cfg.train.steps, params)
+        trees = split_params(cfg, stage, model, config.text.hidden_size)
+        graphdef, frozen, ref, is_lora = trees.graphdef, trees.frozen, trees.ref, trees.is_lora
+        tx = build_optimizer(cfg.optim, cfg.train.steps, trees.params)
         rules = rules_from_config(cfg.mesh.rules)
-        p_sh = {"model": state_shardings(trainable, mesh, rules)}
-        if "reward_head" in params:
-            p_sh["reward_head"] = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), params["reward_head"])
-        params = jax.device_put(params, p_sh)
-        frozen = jax.device_put(frozen, state_shardings(frozen, mesh, rules))
-        if ref is not None:
-            ref = jax.device_put(ref, state_shardings(ref, mesh, rules))
-        replicated = NamedSharding(mesh, PartitionSpec())
-        on_mesh = lambda x: x if len(x.sharding.device_set) == mesh.size else jax.device_put(x, replicated)
-        opt_state = jax.tree.map(on_mesh, jax.jit(tx.init)(params))  # moments follow the params' shardings
-        state = {"params": params, "opt_state": opt_state,
-                 "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
-                 "rng": jax.device_put(jax.random.key_data(jax.random.key(cfg.run.seed)), replicated)}
+        shardings = param_shardings(trees, mesh, rules)
+        state, frozen, ref = place_train_state(trees, shardings, tx, mesh, cfg.run.seed)
+        del trees, model
         state_sh = jax.tree.map(lambda x: x.sharding, state)
 
         # ---- resume (corrupt checkpoints are reported and set aside; a changed config is refused)
@@ -273,12 +240,9 @@ class Trainer:
                 key = tuple((k, v.shape) for k, v in sorted(batch.items()))
                 fn = compiled.get(key)
                 if fn is None:
-                    batch_sh = jax.tree.map(lambda x: x.sharding, batch)
-                    fn = jax.jit(step_fn, donate_argnums=(0,),
-                                 in_shardings=(state_sh, jax.tree.map(lambda x: x.sharding, frozen),
-                                               None if ref is None else jax.tree.map(lambda x: x.sharding, ref),
-                                               batch_sh),
-                                 out_shardings=(state_sh, NamedSharding(mesh, PartitionSpec())))
+                    sharding_of = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
+                    fn = jit_step(step_fn, state_sh, sharding_of(frozen),
+                                  None if ref is None else sharding_of(ref), sharding_of(batch), mesh)
                     compiled[key] = fn
                 state, metrics = fn(state, frozen, ref, batch)
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -396,9 +360,8 @@ class Trainer:
             if "response_row" in host:
                 host["response_row"] = np.where(host["response_row"] >= 0, host["response_row"] + p * rows, -1)
         for k, v in host.items():
-            axes = (None, "batch") + (None,) * (v.ndim - 2)
             global_shape = (v.shape[0], v.shape[1] * n, *v.shape[2:])
-            sharding = NamedSharding(mesh, spec_for(axes, global_shape, mesh))
+            sharding = batch_sharding(global_shape, mesh)
             if n > 1:
                 out[k] = jax.make_array_from_process_local_data(sharding, v, global_shape)
             else:
