@@ -65,13 +65,13 @@ def worker(engine: str, shapes, repeats: int) -> dict:
 
             a, b = jax.device_put(x), jax.device_put(y)
             f = jax.jit(lambda a, b: a @ b)
-            wall, cpu = _time(lambda: f(a, b), lambda r: r.block_until_ready(), repeats)
+            wall, cpu = _time(lambda f=f, a=a, b=b: f(a, b), lambda r: r.block_until_ready(), repeats)
         else:
             import torch
 
             a, b = torch.from_numpy(x), torch.from_numpy(y)
             with torch.no_grad():
-                wall, cpu = _time(lambda: a @ b, lambda r: r, repeats)
+                wall, cpu = _time(lambda a=a, b=b: a @ b, lambda r: r, repeats)
         res[f"{m}x{k}x{n}"] = {"gflops": 2.0 * m * k * n / wall / 1e9, "wall": wall, "cpu_per_wall": cpu / wall}
     return res
 
