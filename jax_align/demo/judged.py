@@ -1,0 +1,220 @@
+"""The judge-driven methods of the demo: EACO (spec §1), Align²LLaVA (§3) with its uncurated control, and MDPO on
+AMP data (§5). Each goes through the recipes' library functions or their CLI, exactly as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+
+from jax_align.demo.base import DemoContext
+from jax_align.demo.inputs import caption_subset, noisy_instruct
+from jax_align.demo.methods import Bases, MethodResult, _count, _dpo_overrides
+from jax_align.demo.plan import buckets_to
+
+
+def cli(*argv: str) -> None:
+    """Run a ``jax-align`` command in this process; a non-zero exit stops the demo with its message."""
+    from jax_align.cli.main import main
+
+    saved = sys.argv
+    try:
+        rc = main([str(a) for a in argv])
+    finally:
+        sys.argv = saved
+    if rc:
+        raise RuntimeError(f"jax-align {' '.join(map(str, argv))} exited {rc}")
+
+
+def _write(path: str, records: list[dict], base: str) -> str:
+    from jax_align.recipes.bdhs import write_pairs
+
+    write_pairs(records, base, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- EACO
+def run_eaco(ctx: DemoContext, bases: Bases, seed: int) -> MethodResult:
+    """Critic from the SFT model on the world's scored captions (the ``critic`` stage, §1.3); 5 samples per image
+    judged by it, chosen = argmax, rejected = argmin (§1.2); DPO (§1.4); the DPO model describes SFT images and
+    the described records fine-tune it (§1.2 step 7, §1.5)."""
+    from jax_align.generate import Generator
+    from jax_align.recipes.eaco import EACOConfig, build_pairs, describe_records
+
+    p = ctx.plan
+    critic = ctx.timed(f"train eaco critic (seed {seed})", ctx.train, f"eaco_critic_s{seed}", "critic",
+                       os.path.join(ctx.train_world, "reward.jsonl"), p.critic_steps, p.critic_lr,
+                       **{"model.path": bases.sft, "seed": seed, "data.max_length": p.group_max_length,
+                          "data.buckets": buckets_to(p.group_max_length)})
+    n_images = max(p.pref_batch, p.pref_records // 8)  # EACO's pairs cost n_samples generations + judgements each
+    records = caption_subset(ctx.train_world, n_images, seed)
+    cfg = EACOConfig(n_samples=p.eaco_samples, temperature=p.eaco_temperature, max_new_tokens=p.caption_tokens,
+                     critic_max_new_tokens=24, prompts="question", seed=seed, batch_size=p.eval_batch)
+
+    def pairs_stage():
+        pairs, stats = build_pairs(Generator.from_model_dir(bases.sft), Generator.from_model_dir(critic), records,
+                                   base_dir=ctx.train_world, cfg=cfg)
+        ctx.data[f"eaco_s{seed}"] = {k: v for k, v in stats.items() if k not in ("unparsable_ids", "config")}
+        ctx.data[f"eaco_s{seed}"]["chosen_truth"] = _truth_gap(ctx, pairs)
+        return _write(ctx.data_file(f"eaco_pairs_s{seed}.jsonl"), pairs, ctx.train_world)
+
+    pairs = ctx.timed(f"eaco pairs (seed {seed})", pairs_stage)
+    if not _count(pairs):  # every critic output unparsable or every group tied: nothing to train on, said so
+        return MethodResult(bases.sft, 0, data={"failed": "the critic gave no usable pair (see data.eaco_s*)"})
+    dpo = ctx.train(f"eaco_dpo_s{seed}", "dpo", pairs, p.pref_steps, p.pref_lr,
+                    **_dpo_overrides(ctx, bases, seed, **{"ref.mode": "cached", "data.format": "pairwise"}))
+
+    def describe_stage():
+        from jax_align.world.datasets import read_jsonl
+
+        pool = read_jsonl(os.path.join(ctx.train_world, "sft.jsonl"))
+        idx = np.random.default_rng(seed + 3).permutation(len(pool))[: p.eaco_sft_records]
+        sft = [pool[i] for i in sorted(idx)]
+        described, stats = describe_records(Generator.from_model_dir(dpo), sft, base_dir=ctx.train_world,
+                                            seed=seed, max_new_tokens=p.caption_tokens, batch_size=p.eval_batch)
+        ctx.data[f"eaco_describe_s{seed}"] = stats
+        return _write(ctx.data_file(f"eaco_described_s{seed}.jsonl"), described, ctx.train_world)
+
+    described = ctx.timed(f"eaco describe (seed {seed})", describe_stage)
+    final = ctx.train(f"eaco_sft_s{seed}", "sft", described, p.eaco_sft_steps, p.pref_lr,
+                      **{"model.path": dpo, "seed": seed, "data.max_length": p.group_max_length,
+                         "data.buckets": buckets_to(p.group_max_length)})
+    return MethodResult(final, _count(pairs), pref_steps=p.pref_steps, sft_steps=p.eaco_sft_steps,
+                        data={"critic_steps": p.critic_steps})
+
+
+def _truth_gap(ctx: DemoContext, pairs: list[dict]) -> dict:
+    """CHAIR_i of the chosen and of the rejected answers against the training world's truth (a check of the
+    critic's direction; the method never reads it)."""
+    from jax_align.world.annotator import WorldAnnotator
+
+    ann = WorldAnnotator(ctx.train_world)
+    text = lambda turns: turns[-1]["content"] if isinstance(turns, list) else turns  # noqa: E731
+    scores = ann.annotate([{"image": r["image"]} for r in pairs],
+                          [[text(r["chosen"]), text(r["rejected"])] for r in pairs]) if pairs else []
+    ok = [(c, r) for c, r in scores if c is not None and r is not None]
+    return {"pairs": len(ok), "chosen_better": float(np.mean([c > r for c, r in ok])) if ok else None,
+            "chosen_worse": float(np.mean([c < r for c, r in ok])) if ok else None}
+
+
+# ---------------------------------------------------------------------------------------------- Align²LLaVA
+def _pool(ctx: DemoContext, seed: int) -> tuple[str, list[dict]]:
+    path = ctx.data_file(f"align2_pool_s{seed}.jsonl")
+    if not os.path.isfile(path):
+        records, counts = noisy_instruct(ctx.train_world, 0.3, seed)
+        ctx.data[f"align2_pool_s{seed}"] = counts
+        _write(path, records, ctx.train_world)
+    with open(path) as f:
+        return path, [json.loads(line) for line in f if line.strip()]
+
+
+def _train_rm(ctx: DemoContext, bases: Bases, seed: int, kind: str) -> str:
+    from jax_align.world.align2 import write_align2_files
+
+    p = ctx.plan
+    src = os.path.join(ctx.train_world, f"align2_{kind}.jsonl")
+    if not os.path.isfile(src):
+        write_align2_files(ctx.train_world)
+    scored = ctx.data_file(f"align2_rm_{kind}_s{seed}.jsonl")
+    cli("curate", "rm-data", "--kind", kind, "--input", src, "--output", scored, "--seed", seed)
+    with open(scored) as f:
+        k = max(len(json.loads(line)["responses"]) for line in f if line.strip())
+    return ctx.timed(f"train align2 {kind} RM (seed {seed})", ctx.train, f"align2_rm_{kind}_s{seed}", "reward",
+                     scored, p.rm_steps, p.rm_lr, **{"model.path": bases.sft, "seed": seed, "data.num_responses": k,
+                                                     "data.max_length": p.group_max_length,
+                                                     "data.buckets": buckets_to(p.group_max_length)})
+
+
+def run_align2(ctx: DemoContext, bases: Bases, seed: int) -> MethodResult:
+    """Question RM then answer RM (§3.1-3.2) each keep 30% per instruction type of the noisy pool; SFT from the
+    captioning model on what is left (§3.3)."""
+    p = ctx.plan
+    pool, records = _pool(ctx, seed)
+    rm_q, rm_a = _train_rm(ctx, bases, seed, "questions"), _train_rm(ctx, bases, seed, "answers")
+    asked = ctx.data_file(f"align2_questions_kept_s{seed}.jsonl")
+    kept = ctx.data_file(f"align2_curated_s{seed}.jsonl")
+
+    def curate():
+        common = ("--keep", p.keep, "--batch-size", p.eval_batch, "--max-length", p.max_length,
+                  "--allow-absolute-paths", "--seed", seed)
+        cli("curate", "rank-questions", "--rm", rm_q, "--input", pool, "--output", asked, *common)
+        cli("curate", "rank-answers", "--rm", rm_a, "--input", asked, "--output", kept, *common)
+
+    ctx.timed(f"align2 curation (seed {seed})", curate)
+    with open(kept) as f:
+        curated = [json.loads(line) for line in f if line.strip()]
+    ctx.data[f"align2_s{seed}"] = {"pool": len(records), "pool_truth": float(np.mean([r["truth"] for r in records])),
+                                   "kept": len(curated), "kept_truth": float(np.mean([r["truth"] for r in curated]))}
+    model = ctx.train(f"align2_sft_s{seed}", "sft", kept, p.sft_steps, p.sft_lr,
+                      **{"model.path": bases.caption, "model.train_vision": True, "seed": seed})
+    return MethodResult(model, len(curated), sft_steps=p.sft_steps)
+
+
+def run_sft_random(ctx: DemoContext, bases: Bases, seed: int) -> MethodResult:
+    """The control of Align²LLaVA: as many records as it kept, drawn at random from the same pool."""
+    p = ctx.plan
+    pool, records = _pool(ctx, seed)
+    kept = ctx.data_file(f"align2_curated_s{seed}.jsonl")
+    n = _count(kept) if os.path.isfile(kept) else round(len(records) * p.keep * p.keep)
+    idx = np.random.default_rng(seed + 11).permutation(len(records))[:n]
+    chosen = [records[i] for i in sorted(idx)]
+    ctx.data[f"sft_random_s{seed}"] = {"kept": n, "kept_truth": float(np.mean([r["truth"] for r in chosen]))}
+    path = _write(ctx.data_file(f"sft_random_s{seed}.jsonl"), chosen, os.path.dirname(pool))
+    model = ctx.train(f"sft_random_s{seed}", "sft", path, p.sft_steps, p.sft_lr,
+                      **{"model.path": bases.caption, "model.train_vision": True, "seed": seed})
+    return MethodResult(model, n, sft_steps=p.sft_steps)
+
+
+# ---------------------------------------------------------------------------------------------- AMP / MDPO
+def run_mdpo_amp(ctx: DemoContext, bases: Bases, seed: int) -> MethodResult:
+    """AMP incremental generation (§5.1) with K - 2 = 2 cumulative parts of the SFT set: M_2 (all of it) is the
+    demo's SFT model, M_1 an SFT run on the first half from the same base; groups [standard, M_2, M_1, base],
+    re-ranked by the auto-check (§5.1, the world's CLIP text encoder), then MDPO (§5.2)."""
+    from jax_align.atomic import atomic_file
+    from jax_align.recipes.amp import answer_all, build_groups, expert_decoding, load_expert, prompt_and_standard
+    from jax_align.world.clip_text import write_world_clip
+    from jax_align.world.datasets import read_jsonl
+
+    p = ctx.plan
+    half = ctx.data_file("amp_sft_half.jsonl")
+    if not os.path.isfile(half):
+        sft = read_jsonl(os.path.join(ctx.train_world, "sft.jsonl"))
+        order = np.random.default_rng(ctx.seed + 5).permutation(len(sft))
+        _write(half, [sft[i] for i in order[: len(sft) // 2]], ctx.train_world)
+    m1 = ctx.path("runs", "amp_sft_half", "model")
+    if not os.path.isdir(m1):
+        m1 = ctx.timed("train amp M_1 (half the SFT set)", ctx.train, "amp_sft_half", "sft", half,
+                       p.sft_steps // 2, p.sft_lr, **{"model.path": bases.caption, "model.train_vision": True})
+    records = caption_subset(ctx.train_world, min(p.amp_records, p.pref_records), seed)
+
+    def generate():
+        pairs = [prompt_and_standard(r) for r in records]
+        prompts, standards = [q for q, _ in pairs], [a for _, a in pairs]
+        sp = expert_decoding(max_new_tokens=p.caption_tokens)
+        answers = []
+        for source, path in (("M_2", bases.sft), ("M_1", m1), ("base", bases.caption)):
+            gen = load_expert(path)
+            answers.append((source, answer_all(gen, records, prompts, base_dir=ctx.train_world, sp=sp,
+                                               batch_size=p.eval_batch)))
+        out = ctx.data_file(f"amp_ig_s{seed}.jsonl")
+        groups, stats = build_groups(records, standards, prompts, answers, method="ig", base_dir=ctx.train_world,
+                                     out_dir=os.path.dirname(out))
+        with atomic_file(out) as f:
+            f.writelines(json.dumps(g) + "\n" for g in groups)
+        ctx.data[f"amp_s{seed}"] = stats
+        return out
+
+    ranked = ctx.timed(f"amp data (seed {seed})", generate)
+    clip = ctx.path("data", "world_clip")
+    if not os.path.isdir(clip):
+        write_world_clip(clip)
+    checked = ctx.data_file(f"amp_checked_s{seed}.jsonl")
+    ctx.timed(f"amp auto-check (seed {seed})", cli, "prefs", "amp-check", "--clip", clip, "--input", ranked,
+              "--output", checked, "--allow-absolute-paths")
+    model = ctx.train(f"mdpo_amp_s{seed}", "mdpo", checked, p.pref_steps, p.pref_lr,
+                      **_dpo_overrides(ctx, bases, seed, **{"ref.mode": "cached", "data.num_responses": 4,
+                                                            "data.max_length": p.group_max_length,
+                                                            "data.buckets": buckets_to(p.group_max_length)}))
+    return MethodResult(model, _count(checked), pref_steps=p.pref_steps)

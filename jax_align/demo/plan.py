@@ -1,0 +1,79 @@
+"""The demo's plan: sizes, steps and learning rates of every stage, and the budget rule shared by the methods.
+
+Budget rule (issue 17): every preference method starts from the same SFT model and gets the same optimizer budget,
+``pref_steps`` steps of ``pref_batch`` preference examples (pairs, or groups for MDPO), so at most
+``pref_steps x pref_batch`` preference records; the offline methods generate exactly that many records (fewer when
+a recipe drops some: reported), the online methods sample that many prompts over their rounds. EACO's extra SFT
+stage and Align²LLaVA's SFT are SFT budgets (``eaco_sft_steps``, ``sft_steps``), reported as cost beside them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    train_scenes: int = 8000
+    eval_scenes: int = 1800  # the adversarial POPE split over all of them: >= 200 "no" questions
+    eval_detail_scenes: int = 500  # captions, VQA and the random/popular POPE splits on the first ones
+    caption_steps: int = 1000
+    sft_steps: int = 600
+    batch_size: int = 32
+    caption_lr: float = 1e-3  # 3e-3 left the model binding wrong shapes/colours (CHAIR_i ~30%); 1e-3: ~5%
+    sft_lr: float = 7e-4
+    # ---- the shared preference budget (see the module docstring)
+    pref_steps: int = 300
+    pref_batch: int = 32
+    pref_lr: float = 3e-4
+    beta: float = 0.1  # every DPO-family method: TRL's / the papers' default
+    sft_weight: float = 1.0  # the chosen answer's NLL beside DPO (RPO, MM-DPO's gamma, MDPO's anchor)
+    # ---- BDHS (spec §2.2): prompts from the training world
+    bdhs_extend: float = 1.0  # one extra masked sentence after each caption (extra-object hallucinations)
+    bdhs_rho_th: float = 0.99
+    bdhs_existence_fraction: float = 0.12
+    bdhs_vqa_fraction: float = 0.06
+    # ---- online / mixed DPO (spec §2.1)
+    online_every: int = 25  # optimizer steps per round
+    online_samples: int = 2
+    online_temperature: float = 1.0
+    online_max_new_tokens: int = 48
+    # ---- EACO (spec §1)
+    critic_steps: int = 300
+    critic_lr: float = 5e-4
+    eaco_samples: int = 5
+    eaco_temperature: float = 1.0  # the code's 0.2 gives identical samples with the tiny policy (eaco_tiny.yaml)
+    eaco_sft_steps: int = 100
+    eaco_sft_records: int = 3200
+    # ---- Align²LLaVA (spec §3)
+    rm_steps: int = 150
+    rm_lr: float = 5e-4
+    keep: float = 0.3
+    # ---- MM-RLHF (spec §4)
+    critique_rm_steps: int = 200
+    # ---- AMP (spec §5)
+    amp_records: int = 2400
+    amp_parts: int = 2  # IG: K - 2 cumulative parts (K = 4 levels: standard, M_2 = the SFT model, M_1, base)
+    # ---- shapes
+    max_length: int = 128  # captions, SFT and pairs: a prefix-shared pair fits (99.9% of groups whole)
+    buckets: tuple[int, ...] = (32, 64, 96, 128)
+    group_max_length: int = 288  # MDPO groups and the reward models' five candidates
+    eval_batch: int = 64
+    caption_tokens: int = 80
+    methods: tuple[str, ...] = ()  # empty: all (see jax_align.demo.methods.METHODS)
+
+    @property
+    def pref_records(self) -> int:
+        return self.pref_steps * self.pref_batch
+
+
+QUICK = DemoPlan(train_scenes=40, eval_scenes=24, eval_detail_scenes=8, caption_steps=4, sft_steps=4, batch_size=8,
+                 pref_steps=4, pref_batch=4, online_every=2, critic_steps=3, eaco_samples=3, eaco_sft_steps=2,
+                 eaco_sft_records=8, rm_steps=3, critique_rm_steps=3, amp_records=8, eval_batch=16,
+                 caption_tokens=24, online_max_new_tokens=16, max_length=96, buckets=(96,), group_max_length=192)
+
+
+def buckets_to(max_length: int) -> list[int]:
+    """Four evenly spaced length buckets up to ``max_length`` (multiples of 32)."""
+    step = max(32, -(-max_length // 4 // 32) * 32)
+    return sorted({min(max_length, step * i) for i in range(1, 5)} | {max_length})
