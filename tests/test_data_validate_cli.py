@@ -219,3 +219,43 @@ def test_each_problem_mode_and_console_script(root):
         timeout=120,
     )
     assert proc.returncode == 1 and proc.stdout.count(f"{path}:1:") == 2
+
+
+def test_align2_raw_formats_name_each_bad_record(root, capsys):
+    """Align²LLaVA's raw question / answer preference records (spec §3.6) validate with their own formats."""
+    q_ok = {"id": "q1", "image": "img/0.png", "questions": [["Where is it?", "What colour?"], ["Is it red?"]],
+            "score": [0.5, 1.0]}
+    a_ok = {"id": "a1", "image": "img/1.png", "conversations": [
+        {"from": "human", "value": "<image>\nDescribe it."}, {"from": "gpt", "value": ["A cat.", "A dog."],
+                                                              "score": [1.0, 0.3]},
+        {"from": "human", "value": "More?"}, {"from": "gpt", "value": ["No.", "Yes."], "score": [0.2, 0.9]}]}
+    questions = [q_ok,
+                 {**q_ok, "questions": [["Where?"], [""]]},                    # 2: an empty question
+                 {**q_ok, "score": [1.0]},                                     # 3: one score for two sets
+                 {k: v for k, v in q_ok.items() if k != "questions"},          # 4: no questions
+                 {**q_ok, "image": "img/nowhere.png"}]                         # 5: missing image
+    questions = [{**r, "id": f"q{n}"} for n, r in enumerate(questions)]
+    path = str(root / "a2_questions.jsonl")
+    write_jsonl(path, questions)
+    code, lines = _run([path, "--format", "align2_questions"], capsys)
+    named = _named(lines, path)
+    assert code == 1 and [r for r, _, _ in named] == [2, 3, 4, 5]
+    assert named[0][1] == "questions[1][0]" and named[1][1] == "score" and named[2][1] == "questions"
+    answers = [a_ok,
+               {**a_ok, "conversations": [a_ok["conversations"][0], {"from": "gpt", "value": "A cat."}]},  # 2
+               {**a_ok, "conversations": [*a_ok["conversations"][:3],
+                                          {"from": "gpt", "value": ["No.", "Yes."], "score": [0.2]}]},      # 3
+               q_ok]                                                                                       # 4
+    answers = [{**r, "id": f"a{n}"} for n, r in enumerate(answers)]
+    path = str(root / "a2_answers.jsonl")
+    write_jsonl(path, answers)
+    code, lines = _run([path, "--format", "align2_answers", "--each-problem"], capsys)
+    named = _named(lines, path)
+    assert code == 1 and sorted({r for r, _, _ in named}) == [2, 3, 4]
+    assert ("conversations[1].value" in {f for r, f, _ in named if r == 2}
+            and {f for r, f, _ in named if r == 3} == {"conversations[3].score"}
+            and {f for r, f, _ in named if r == 4} == {"conversations"})
+    example, problems = parse_record(a_ok, "align2_answers", base_dir=str(root))
+    assert not problems and [m[0].content for m in example.responses] == ["A cat.", "A dog."]
+    example, _ = parse_record(q_ok, "align2_questions", base_dir=str(root))
+    assert [m[0].content for m in example.responses] == ["Is it red?", "Where is it?\nWhat colour?"]  # best first

@@ -1,4 +1,5 @@
-"""``jax-align data validate PATH --format {sft,pairwise,ranked,scored}``: name every bad record.
+"""``jax-align data validate PATH --format {sft,pairwise,ranked,scored,align2_questions,align2_answers}``: name
+every bad record (``align2_*``: Align²LLaVA's raw question / answer preference records, spec §3.6).
 
 Prints ``PATH:RECORD: FIELD: MESSAGE`` for each bad record (RECORD: 1-based line number for JSONL, row
 index + 1 otherwise; a record with several problems gets one line listing them all, or one line per problem
@@ -18,14 +19,16 @@ import json
 import os
 import sys
 
-from jax_align.data.records import FORMATS
+from jax_align.data.records import VALIDATE_FORMATS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
     p = sub.add_parser("validate", help="check a data file and name every bad record")
     p.add_argument("path", help="JSONL / JSON / Parquet file or a datasets directory saved with save_to_disk")
-    p.add_argument("--format", required=True, choices=FORMATS, help="record format")
+    p.add_argument("--format", required=True, choices=VALIDATE_FORMATS,
+                   help="record format (align2_questions: {image, questions: [[q, ...]], score}; align2_answers: "
+                   "conversations whose gpt value is a list of answers with a score list, spec §3.6)")
     p.add_argument(
         "--model", default=None, help="checkpoint directory (tokenizer, chat template, config.json)"
     )
@@ -95,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "data_command", None) != "validate":
-        print("usage: jax-align data validate PATH --format {" + ",".join(FORMATS) + "}", file=sys.stderr)
+        print("usage: jax-align data validate PATH --format {" + ",".join(VALIDATE_FORMATS) + "}", file=sys.stderr)
         return 2
     return validate_command(args)
 
