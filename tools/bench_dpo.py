@@ -137,6 +137,28 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
+def _thread_cpu() -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of this process, from /proc (empty where there is none)."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    except OSError:
+        return {}
+    return out
+
+
+def _busy_threads(before: dict[int, float], after: dict[int, float]) -> int:
+    """Threads that did at least 10% of the process's CPU work between two :func:`_thread_cpu` readings: how
+    many cores the step really used, whatever else the machine runs."""
+    used = {t: after[t] - before.get(t, 0.0) for t in after}
+    total = sum(used.values())
+    return sum(1 for v in used.values() if total > 0 and v >= 0.1 * total)
+
+
 def _commands():
     """Yields the step counts the parent asks for ('run N'); stops at 'quit'."""
     for line in sys.stdin:
@@ -210,8 +232,10 @@ def jax_worker(a, root: str, side: str) -> None:
                   "tokens": tokens, "row_length": int(host["input_ids"].shape[-1]),
                   "rows": int(host["input_ids"].shape[1]), "layout": cfg.data.layout})
         for n in _commands():
+            before = _thread_cpu()
             runs = [one() for _ in range(n)]
-            _respond({"wall": [r[0] for r in runs], "cpu": [r[1] for r in runs]})
+            _respond({"wall": [r[0] for r in runs], "cpu": [r[1] for r in runs],
+                      "threads": _busy_threads(before, _thread_cpu())})
     _respond({"peak_rss_mb": _rss_mb()})
 
 
@@ -277,8 +301,11 @@ def trl_worker(a, root: str) -> None:
             self.commands = _commands()
             self.pending = 0
             self.first = {}
+            self.threads0: dict = {}
 
         def on_step_begin(self, args, state, control, **kw):
+            if self.steps >= 2 and not self.wall:
+                self.threads0 = _thread_cpu()
             self.c0, self.t0 = time.process_time(), time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
@@ -301,7 +328,8 @@ def trl_worker(a, root: str) -> None:
                 self.pending -= 1
                 if self.pending > 0:
                     return
-                _respond({"wall": self.wall, "cpu": self.cpu})
+                _respond({"wall": self.wall, "cpu": self.cpu,
+                          "threads": _busy_threads(self.threads0, _thread_cpu())})
                 self.wall, self.cpu = [], []
             self.pending = next(self.commands, 0)
             if self.pending == 0:
@@ -331,6 +359,7 @@ class Side:
         self.info: dict = {}
         self.wall: list[float] = []
         self.cpu: list[float] = []
+        self.threads: list[int] = []
 
     def _read(self) -> dict:
         for line in self.proc.stdout:
@@ -347,6 +376,7 @@ class Side:
         got = self._read()
         self.wall += got["wall"]
         self.cpu += got["cpu"]
+        self.threads.append(got["threads"])
 
     def close(self) -> None:
         self.proc.stdin.write("quit\n")
@@ -438,9 +468,11 @@ def summarise(a, facts, peak, sides, load0, load1) -> dict:
     print(f"jax-align: data.max_length {a.max_length}, bucket {bucket}; load average "
           f"{load0[0]:.2f} before, {load1[0]:.2f} after ({os.cpu_count()} CPUs)")
     print(f"matmul peak (fp32 {a.matmul_n}^2): JAX {peak['jax']:.1f} GFLOP/s, torch {peak['torch']:.1f} GFLOP/s")
-    print("FLOPs per step = 6 * params * tokens (policy) + 2 * params * tokens (online reference forward); tokens = "
-          "prompt + response tokens of every response")
-    header = (f"{'side':<11}{'step s':>9}{'cpu s':>8}{'pairs/s':>9}{'tokens/s':>10}{'GFLOP/s':>9}{'% peak':>8}"
+    print("cpu s: CPU-seconds per step (all threads); thr: threads doing >= 10% of the side's CPU work")
+    print("FLOPs per step = 6 * params * tokens (policy) + 2 * params * tokens (online reference forward); "
+          "tokens = prompt + response tokens of every response")
+    header = (f"{'side':<11}{'step s':>9}{'cpu s':>8}{'thr':>4}{'pairs/s':>9}{'tokens/s':>10}"
+              f"{'GFLOP/s':>9}{'% peak':>8}"
               f"{'peak MB':>9}{'tokens':>8}{'rows x len':>12}{'loss1':>9}{'loss2':>9}{'logp_c1':>10}{'first s':>9}")
     print(header)
     out = {"config": a.config, "params": params, "pairs": a.pairs, "max_length": a.max_length, "bucket": bucket,
@@ -450,7 +482,8 @@ def summarise(a, facts, peak, sides, load0, load1) -> dict:
         wall, cpu = statistics.median(s.wall), statistics.median(s.cpu)
         flops = (6 + (0 if s.name == "jax-cached" else 2)) * params * info["tokens"]
         gflops = flops / wall / 1e9
-        row = {"step_s": wall, "cpu_s": cpu, "pairs_per_s": a.pairs / wall, "tokens_per_s": info["tokens"] / wall,
+        row = {"step_s": wall, "cpu_s": cpu, "busy_threads": max(s.threads), "pairs_per_s": a.pairs / wall,
+               "tokens_per_s": info["tokens"] / wall,
                "flops_per_step": flops, "gflops": gflops, "fraction_of_peak": gflops / best,
                "peak_rss_mb": info["peak_rss_mb"], **{k: info[k] for k in ("tokens", "rows", "row_length", "loss1",
                                                                             "loss2", "logps_chosen1",
@@ -458,7 +491,7 @@ def summarise(a, facts, peak, sides, load0, load1) -> dict:
                                                                             "ref_pass_s", "setup_s", "layout")},
                "wall_all": s.wall, "cpu_all": s.cpu}
         out["sides"][s.name] = row
-        print(f"{s.name:<11}{wall:>9.3f}{cpu:>8.2f}{row['pairs_per_s']:>9.2f}{row['tokens_per_s']:>10.0f}"
+        print(f"{s.name:<11}{wall:>9.3f}{cpu:>8.2f}{row['busy_threads']:>4}{row['pairs_per_s']:>9.2f}{row['tokens_per_s']:>10.0f}"
               f"{gflops:>9.1f}{100 * row['fraction_of_peak']:>7.1f}%{row['peak_rss_mb']:>9.0f}{info['tokens']:>8}"
               f"{info['rows']:>5} x {info['row_length']:<5}{info['loss1']:>9.5f}{info['loss2']:>9.5f}"
               f"{info['logps_chosen1']:>10.3f}{info['first_step_s']:>9.1f}")
