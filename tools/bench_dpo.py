@@ -44,6 +44,9 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from bench_matmul import busy_threads, thread_cpu  # noqa: E402
+
 SIDES = ("jax-copy", "jax-cached", "trl")
 
 CONFIGS = {  # text (hidden, intermediate, heads, kv heads, layers, vocab), vision (hidden, layers, image, patch)
@@ -137,28 +140,6 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def _thread_cpu() -> dict[int, float]:
-    """CPU seconds (user + system) of each thread of this process, from /proc (empty where there is none)."""
-    out = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    try:
-        for tid in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
-    except OSError:
-        return {}
-    return out
-
-
-def _busy_threads(before: dict[int, float], after: dict[int, float]) -> int:
-    """Threads that did at least 10% of the process's CPU work between two :func:`_thread_cpu` readings: how
-    many cores the step really used, whatever else the machine runs."""
-    used = {t: after[t] - before.get(t, 0.0) for t in after}
-    total = sum(used.values())
-    return sum(1 for v in used.values() if total > 0 and v >= 0.1 * total)
-
-
 def _commands():
     """Yields the step counts the parent asks for ('run N'); stops at 'quit'."""
     for line in sys.stdin:
@@ -232,10 +213,10 @@ def jax_worker(a, root: str, side: str) -> None:
                   "tokens": tokens, "row_length": int(host["input_ids"].shape[-1]),
                   "rows": int(host["input_ids"].shape[1]), "layout": cfg.data.layout})
         for n in _commands():
-            before = _thread_cpu()
+            before = thread_cpu()
             runs = [one() for _ in range(n)]
             _respond({"wall": [r[0] for r in runs], "cpu": [r[1] for r in runs],
-                      "threads": _busy_threads(before, _thread_cpu())})
+                      "threads": busy_threads(before, thread_cpu())})
     _respond({"peak_rss_mb": _rss_mb()})
 
 
@@ -305,7 +286,7 @@ def trl_worker(a, root: str) -> None:
 
         def on_step_begin(self, args, state, control, **kw):
             if self.steps >= 2 and not self.wall:
-                self.threads0 = _thread_cpu()
+                self.threads0 = thread_cpu()
             self.c0, self.t0 = time.process_time(), time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
@@ -329,7 +310,7 @@ def trl_worker(a, root: str) -> None:
                 if self.pending > 0:
                     return
                 _respond({"wall": self.wall, "cpu": self.cpu,
-                          "threads": _busy_threads(self.threads0, _thread_cpu())})
+                          "threads": busy_threads(self.threads0, thread_cpu())})
                 self.wall, self.cpu = [], []
             self.pending = next(self.commands, 0)
             if self.pending == 0:

@@ -6,8 +6,9 @@
 Every XLA setting runs in its own subprocess (``XLA_FLAGS`` is read once, when JAX starts its CPU backend), so
 one setting cannot leak into the next. For each it prints GFLOP/s (2 m n k per product, median of ``--repeats``
 timed calls after a warm-up), and the process's CPU-seconds per wall-second during the timed calls (about 1: one
-core busy; about the core count: all of them). A flag this jaxlib does not know makes XLA abort: reported as
-``unknown flag``. Also printed: the load average before and after.
+core busy; about the core count: all of them; only on a quiet machine) and the threads that did at least 10%
+of the work (``thr``: how many threads the product ran on, also on a busy machine). A flag this jaxlib does not
+know makes XLA abort: reported as ``unknown flag``. Also printed: the load average before and after.
 """
 
 from __future__ import annotations
@@ -40,16 +41,45 @@ def _shapes(a) -> list[tuple[int, int, int]]:
     return out
 
 
-def _time(fn, sync, repeats: int) -> tuple[float, float]:
-    """Median wall seconds and the CPU-seconds of that call (``time.process_time``: all threads)."""
+def thread_cpu() -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of this process, from /proc (empty where there is none)."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    except OSError:
+        return {}
+    return out
+
+
+def busy_threads(before: dict[int, float], after: dict[int, float]) -> int:
+    """Threads that did at least 10% of the process's CPU work between two :func:`thread_cpu` readings: how
+    many cores the work really used, whatever else the machine runs (CPU/wall is not, on a busy machine)."""
+    used = {t: after[t] - before.get(t, 0.0) for t in after}
+    total = sum(used.values())
+    return sum(1 for v in used.values() if total > 0 and v >= 0.1 * total)
+
+
+def _time(fn, sync, repeats: int) -> tuple[float, float, int]:
+    """Median wall seconds, the CPU-seconds of that call (``time.process_time``: all threads) and the busy
+    threads over all timed calls."""
     sync(fn())
+    t0 = time.perf_counter()
+    sync(fn())
+    inner = max(1, int(0.1 / max(time.perf_counter() - t0, 1e-6)))  # >= 0.1 s per timing: /proc counts ticks
     runs = []
+    before = thread_cpu()
     for _ in range(repeats):
         c0, t0 = time.process_time(), time.perf_counter()
-        sync(fn())
-        runs.append((time.perf_counter() - t0, time.process_time() - c0))
+        for _ in range(inner):
+            sync(fn())
+        runs.append(((time.perf_counter() - t0) / inner, (time.process_time() - c0) / inner))
+    threads = busy_threads(before, thread_cpu())
     runs.sort()
-    return runs[len(runs) // 2]
+    return (*runs[len(runs) // 2], threads)
 
 
 def worker(engine: str, shapes, repeats: int) -> dict:
@@ -65,14 +95,15 @@ def worker(engine: str, shapes, repeats: int) -> dict:
 
             a, b = jax.device_put(x), jax.device_put(y)
             f = jax.jit(lambda a, b: a @ b)
-            wall, cpu = _time(lambda f=f, a=a, b=b: f(a, b), lambda r: r.block_until_ready(), repeats)
+            wall, cpu, threads = _time(lambda f=f, a=a, b=b: f(a, b), lambda r: r.block_until_ready(), repeats)
         else:
             import torch
 
             a, b = torch.from_numpy(x), torch.from_numpy(y)
             with torch.no_grad():
-                wall, cpu = _time(lambda a=a, b=b: a @ b, lambda r: r, repeats)
-        res[f"{m}x{k}x{n}"] = {"gflops": 2.0 * m * k * n / wall / 1e9, "wall": wall, "cpu_per_wall": cpu / wall}
+                wall, cpu, threads = _time(lambda a=a, b=b: a @ b, lambda r: r, repeats)
+        res[f"{m}x{k}x{n}"] = {"gflops": 2.0 * m * k * n / wall / 1e9, "wall": wall, "cpu_per_wall": cpu / wall,
+                                  "threads": threads}
     return res
 
 
@@ -119,13 +150,14 @@ def main(argv=None) -> int:
     if a.only:
         rows = [r for r in rows if any(w in r[0] for w in a.only)]
     print(f"{'setting':<30}" + "".join(f"{s:>26}" for s in [f"{m}x{k}x{n}" for m, k, n in _shapes(a)]))
-    print(f"{'':<30}" + "".join(f"{'GFLOP/s  cpu/wall':>26}" for _ in _shapes(a)))
+    print(f"{'':<30}" + "".join(f"{'GFLOP/s cpu/wall thr':>26}" for _ in _shapes(a)))
     for name, flags, engine in rows:
         res = run_setting(engine, flags, a)
         if isinstance(res, str):
             print(f"{name:<30}  {res}")
             continue
-        print(f"{name:<30}" + "".join(f"{r['gflops']:>17.1f}  {r['cpu_per_wall']:>6.2f}" for r in res.values()),
+        print(f"{name:<30}" + "".join(f"{r['gflops']:>13.1f}  {r['cpu_per_wall']:>6.2f} {r['threads']:>3}"
+                                      for r in res.values()),
               flush=True)
     print(f"load average after {os.getloadavg()[0]:.2f}")
     return 0
