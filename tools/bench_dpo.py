@@ -153,6 +153,7 @@ def _commands():
 def jax_worker(a, root: str, side: str) -> None:
     import jax
 
+    from jax_align.compile_cache import enable_compilation_cache
     from jax_align.data.pipeline import DataConfig, DataPipeline
     from jax_align.sharding import make_mesh, rules_from_config, use_rules
     from jax_align.train.optim import build_optimizer
@@ -161,6 +162,7 @@ def jax_worker(a, root: str, side: str) -> None:
     from jax_align.train.steps import StepSpec, make_train_step
     from jax_align.train.trainer import Trainer, stack_micro_batches
 
+    enable_compilation_cache()  # as every jax-align command (JAX_ALIGN_CACHE_DIR=off turns it off)
     t_setup = time.perf_counter()
     cfg = side_config(a, root, side)
     stage = get_stage("dpo")
