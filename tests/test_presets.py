@@ -1,5 +1,11 @@
 """The papers' presets (configs/presets/, spec §6.7): every file loads, carries the spec's values, names a real model
-config, and has a mesh that fits its hardware (a v5p-64 slice: 32 chips; one 8-GPU node) and its batch."""
+config, and has a mesh that fits its hardware (a v5p-64 slice: 32 chips; one 8-GPU node) and its batch.
+
+AMP's training presets are the ``mdpo`` family (``mdpo_{8gpu,v5p64}``: the paper, §5.3; ``mdpo_code_*``: the
+released scripts): AMP is the paper that defines MDPO, so there are no separate ``amp_*`` presets (checked). AMP's
+data side (§5.1) has no training preset: ``prefs amp-meg`` / ``amp-check`` defaults carry its values (checked).
+The Apple study's online variants (§2.1-2.2) are stages over the ``apple_bdhs_dpo_lora`` settings; their
+config defaults carry the spec's p, gamma and BDHS values (checked)."""
 
 from __future__ import annotations
 
@@ -112,3 +118,35 @@ def test_mdpo(name):
         assert cfg.optim.warmup_steps == 20 and cfg.optim.clip == 0.3 and cfg.train.steps == 3000
     else:
         assert cfg.data.round_weight == 0.0 and cfg.optim.schedule == "cosine" and cfg.train.steps == 2750
+
+
+def test_amp_presets_are_the_mdpo_family_and_amp_data_defaults_are_the_papers():
+    """AMP (spec §5.1-5.3): training = the mdpo presets (no duplicate amp_* files); data = amp-meg's expert
+    decoding (beams 4, repetition penalty 1.1, 512 tokens, no sampling) and amp-check's tau 0.85."""
+    from jax_align.cli.prefs_amp import register
+    from jax_align.recipes.amp import expert_decoding
+
+    assert not glob.glob(os.path.join(PRESETS, "amp_*.yaml"))
+    for name in ("mdpo_v5p64", "mdpo_code_v5p64", "mdpo_8gpu", "mdpo_code_8gpu"):
+        assert "AMP's MDPO" in open(os.path.join(PRESETS, name + ".yaml")).read()
+    sp = expert_decoding()
+    assert (sp.num_beams, sp.repetition_penalty, sp.max_new_tokens, sp.temperature) == (4, 1.1, 512, 0.0)
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="cmd"))
+    meg = parser.parse_args(["amp-meg", "--experts", "a,b", "--input", "i", "--output", "o"])
+    check = parser.parse_args(["amp-check", "--clip", "c", "--input", "i", "--output", "o"])
+    assert (meg.num_beams, meg.repetition_penalty, meg.max_new_tokens) == (4, 1.1, 512) and check.tau == 0.85
+
+
+def test_apple_online_stage_defaults_are_the_papers():
+    """Mixed-DPO p = 0.5, Avg-DPO gamma = 0.5, Online-BDHS rho 0.99 / N 5 / eps 0.97, 2 samples (spec §2.1-2.2)."""
+    from jax_align.train.stage_losses import AVG_GAMMA
+
+    mixed = load_config(None, ["run.stage=mixed_dpo"]).online
+    avg = load_config(None, ["run.stage=avg_dpo"]).online
+    assert mixed.mix_p == 0.5 and AVG_GAMMA == 0.5 and mixed.samples == 2 and avg.rejected == "bdhs"
+    bdhs = BDHSConfig()
+    assert (avg.bdhs_rho_th, avg.bdhs_attempts, avg.bdhs_sim_threshold) == \
+        (bdhs.rho_th, bdhs.attempts, bdhs.sim_threshold) == (0.99, 5, 0.97)
