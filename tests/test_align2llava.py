@@ -231,5 +231,99 @@ def test_world_supplies_align2_preference_data(tmp_path):
             assert score == sum(a in scenes[rec["image"]] for a in asked) / len(qs)
     answers = [json.loads(line) for line in open(os.path.join(world, "align2_answers.jsonl"))]
     assert answers and all(rm_groups(r, n, "answers") for n, r in enumerate(answers, 1))
+    from jax_align.eval.evaluate import load_benchmarks
+    from jax_align.eval.metrics import chair_metrics
+
+    bench = load_benchmarks(world)
+    for rec in answers:  # the score is tied to CHAIR's count: 1 - 0.25 x hallucinated objects (pinned parser)
+        gpt = rec["conversations"][1]
+        assert len(gpt["value"]) >= 5 and len(set(gpt["score"])) >= 2
+        for text, score in zip(gpt["value"], gpt["score"], strict=True):
+            _, counts = chair_metrics([text], [bench.scenes[rec["image"]]], bench.shape_words(), bench.config.colors)
+            assert score == max(0.0, 1.0 - 0.25 * counts["hallucinated"])
     types = {json.loads(line)["type"] for line in open(os.path.join(world, "align2_instruct.jsonl"))}
     assert types == {"detail", "conversation", "complex_reasoning"}
+
+
+def test_plain_template_is_the_rm_default_and_renders_spec_text(tiny_rm, tmp_path):
+    """§3.2: the RMs read "<image>\\nQuestion: {q}\\nAnswer: {a}\\n" / "<image>\\n" + questions, no chat template;
+    `curate rm-base` writes the copy the reward stage starts from (plain by default, chat on request)."""
+    from jax_align.data.records import Message
+    from jax_align.data.tokenize import ChatTokenizer
+
+    plain, chat = tmp_path / "plain", tmp_path / "chat"
+    proc = _cli("curate", "rm-base", "--model", str(tiny_rm / "model"), "--output", str(plain))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _cli("curate", "rm-base", "--model", str(tiny_rm / "model"), "--output", str(chat), "--template",
+                "chat").returncode == 0
+    tok, own = ChatTokenizer.from_model_dir(str(plain)), ChatTokenizer.from_model_dir(str(chat))
+    answer = [Message("user", "<image>\nIs there a red circle?"), Message("assistant", "Yes.")]
+    assert tok.render(answer, False) == "<s><image>\nQuestion: Is there a red circle?\nAnswer: Yes.\n"
+    assert tok.render(answer[:1], True) == "<s><image>\nQuestion: Is there a red circle?\nAnswer: "
+    questions = [Message("user", "<image>"), Message("assistant", "Where is the red circle?\nWhat colour?")]
+    assert tok.render(questions, False) == "<s><image>\nWhere is the red circle?\nWhat colour?\n"
+    assert "ASSISTANT" in own.render(answer, False)  # chat: the model's own template, unchanged
+    group = tok.tokenize_group(answer[:1], [answer[1:], [Message("assistant", "No.")]])
+    ids = tok.tokenizer.convert_ids_to_tokens(list(group.responses[0].ids))
+    assert ids and "ASSISTANT" not in "".join(ids)
+    bad = _cli("curate", "rm-base", "--model", str(tmp_path / "nowhere"), "--output", str(tmp_path / "x"))
+    assert bad.returncode == 2 and bad.stderr.strip().endswith(f"{tmp_path / 'nowhere'}: --model: no such model "
+                                                               "directory")
+
+
+def test_rank_answers_candidates_keep_the_best_per_turn(tiny_rm, tmp_path):
+    """`--candidates 3 --sampler M`: the own answer + 2 samples per turn scored by the RM; the best replaces the
+    turn's answer and the conversation scores the mean of its turns' best rewards (§3.1 step 4)."""
+    world = tiny_rm / "world"
+    src = world / f"cand-{tmp_path.name}.jsonl"
+    with open(src, "w") as f:
+        for line in list(open(world / "sft.jsonl"))[:6]:
+            f.write(line)
+    out = tmp_path / "kept.jsonl"
+    args = ["curate", "rank-answers", "--rm", str(tiny_rm / "model"), "--input", str(src), "--output", str(out),
+            "--keep", "1.0", "--max-length", "160", "--candidates", "3", "--max-new-tokens", "8"]
+    proc = _cli(*args)
+    assert proc.returncode == 2 and "--sampler" in proc.stderr.strip().splitlines()[-1]
+    proc = _cli(*args, "--sampler", str(tiny_rm / "model"), "--temperature", "1.0")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in open(out)]
+    originals = {json.loads(line)["id"]: json.loads(line) for line in open(src)}
+    assert len(rows) == 6
+    replaced = 0
+    for row in rows:
+        cands = row["curation"]["candidates"]
+        assert cands and all(c["candidates"][0] == originals[row["id"]]["conversations"][c["turn"]]["value"]
+                             for c in cands)
+        for c in cands:
+            assert 2 <= len(c["candidates"]) <= 3 and len(c["rewards"]) == len(c["candidates"])
+            assert c["chosen"] == int(np.argmax(c["rewards"]))
+            assert row["conversations"][c["turn"]]["value"] == c["candidates"][c["chosen"]]
+            replaced += c["chosen"] != 0
+        assert row["curation"]["score"] == pytest.approx(np.mean([max(c["rewards"]) for c in cands]))
+    print("turns answered by a sampled candidate:", replaced)
+    proc = _cli("data", "validate", str(out), "--format", "sft", "--allow-absolute-paths")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_curation_with_a_truth_judge_keeps_higher_truth_than_random(tmp_path):
+    """The keep-top step with the world's truth as the answer judge: the kept 30% per type hold fewer
+    hallucinated objects than random selections of the same size (the trained RM's measurement is in the
+    README: held-out pairwise accuracy, `world.align2.evaluate_world_rm`)."""
+    from jax_align.world.align2 import write_align2_files
+    from jax_align.world.datasets import write_world
+
+    world = str(tmp_path / "world")
+    write_world(world, seed=8, n=40)
+    write_align2_files(world)
+    rng = np.random.default_rng(0)
+    pool, truth = [], []
+    for rec in map(json.loads, open(os.path.join(world, "align2_answers.jsonl"))):
+        gpt = rec["conversations"][1]
+        k = int(rng.integers(len(gpt["value"])))  # one candidate answer per instruction: a noisy pool
+        pool.append({**rec, "conversations": [rec["conversations"][0], {"from": "gpt", "value": gpt["value"][k]}]})
+        truth.append(gpt["score"][k])
+    types = ["detail" if i % 2 else "conversation" for i in range(len(pool))]
+    kept = keep_top(truth, types, 0.3)
+    random_means = [np.mean([truth[i] for i in rng.choice(len(pool), size=len(kept), replace=False)])
+                    for _ in range(200)]
+    assert np.mean([truth[i] for i in kept]) > np.percentile(random_means, 99)

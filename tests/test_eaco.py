@@ -116,6 +116,62 @@ def test_eaco_pairs_on_world_chosen_hallucinate_less(world, tmp_path):
     assert worse <= 0.1 * len(rows)  # a higher-recall caption may win with one wrong object more
 
 
+class _ScoreCritic:
+    """Writes ``score: f(h)`` from the truth's hallucination count of the response it is shown (or garbage)."""
+
+    def __init__(self, world_dir, f):
+        from jax_align.eval.evaluate import load_benchmarks
+
+        self.bench, self.f = load_benchmarks(world_dir), f
+
+    def generate(self, prompts, sampling=None, *, base_dir=None, **kw):
+        from types import SimpleNamespace
+
+        from jax_align.eval.metrics import chair_metrics
+
+        out = []
+        for p in prompts:
+            answer = p["prompt"].split("\nResponse: ", 1)[1].rsplit("\n", 1)[0]
+            key = os.path.normpath(os.path.relpath(os.path.join(base_dir, p["image"]), base_dir))
+            _, counts = chair_metrics([answer], [self.bench.scenes[key]], self.bench.shape_words(),
+                                      self.bench.config.colors)
+            out.append(SimpleNamespace(texts=[self.f(counts["hallucinated"])]))
+        return out
+
+
+def test_world_critic_data_scores_hallucinated_objects_and_evaluator(world, tmp_path):
+    """The critic's training data ties its `score: N` to CHAIR's count (N = 5 - hallucinated objects, pinned
+    parser), and the critic evaluator tells a judge that reads the truth from a constant or unparsable one."""
+    from jax_align.data.critic_text import critic_sft_file
+    from jax_align.world.critiques import write_critic_data
+    from jax_align.world.judges import evaluate_world_critic
+
+    data = str(tmp_path / "critic.jsonl")
+    assert write_critic_data(world, data, k=5, seed=0) == 24
+    rows = _jsonl(data)
+    assert _problems(data, "scored") == []
+    spread = 0
+    for row in rows:
+        chair = _chair(world, row["responses"], [row["image"]] * len(row["responses"]), str(tmp_path))
+        assert row["scores"] == sorted(row["scores"], reverse=True) and len(set(row["responses"])) >= 2
+        for text, score, c in zip(row["responses"], row["scores"], chair, strict=True):
+            mentions = text.count("There is")
+            assert score == max(1, 5 - round(c * mentions))  # 5 - hallucinated objects
+        spread += len(set(row["scores"])) > 1
+    assert spread >= 0.8 * len(rows)  # most groups hold answers with different hallucination counts
+    sft = str(tmp_path / "critic_sft.jsonl")
+    critic_sft_file(data, sft)
+    targets = [r["conversations"][1]["value"] for r in _jsonl(sft)]
+    assert all(t.startswith("score: ") and len(t.split()) == 2 for t in targets)  # a short target
+    truth = evaluate_world_critic(_ScoreCritic(world, lambda h: f"score: {5 - h}"), world, groups=24)
+    assert truth["parsable"] == 1.0 and truth["argmax_agree"] == truth["argmin_agree"] == 1.0
+    assert truth["groups"] >= 15 and truth["chance_argmax"] < 0.7
+    constant = evaluate_world_critic(_ScoreCritic(world, lambda h: "score: 3"), world, groups=24)
+    assert constant["argmax_agree"] < 0.8
+    garbage = evaluate_world_critic(_ScoreCritic(world, lambda h: "three"), world, groups=24)
+    assert garbage["parsable"] == 0.0 and garbage["groups"] == 0
+
+
 class _FlakyCritic:
     """Every third judgement has no score; record 0's judgements all fail."""
 
@@ -168,7 +224,9 @@ def half_run(tmp_path_factory):
 
     d = str(tmp_path_factory.mktemp("pipeline") / "run")
     common = [f"dir={d}", "world={seed: 5, n: 8}", "policy.train.train.steps=2", "dpo.train.train.steps=2",
-              "sft.train.train.steps=2", "describe.limit=4", "pairs.max_new_tokens=16", "critic.train.train.steps=40"]
+              "sft.train.train.steps=2", "describe.limit=4", "pairs.max_new_tokens=16", "critic.train.train.steps=40",
+              "policy.train.data.batch_size=8", "critic.train.data.batch_size=8", "policy.train.data.buckets=[128]",
+              "critic.train.data.buckets=[160]", "pairs.drop_ties=false"]  # one compilation per training stage
     with pytest.raises(CommandError, match="no such file"):
         run_eaco(load_pipeline(PRESET, [*common, "describe.input=WORLD/missing.jsonl"]))
     return d, common
@@ -182,6 +240,8 @@ def test_pipeline_eaco_runs_and_resumes(half_run):
     assert sorted(os.listdir(os.path.join(d, ".done"))) == ["critic", "dpo", "pairs", "policy"]
     pairs = os.path.join(d, "pairs.jsonl")
     assert _problems(pairs, "pairwise") == [] and _problems(pairs, "ranked") == []
+    critic_data = _jsonl(os.path.join(d, "critic_data.jsonl"))  # critic.data: world (5 - hallucinated objects)
+    assert len(critic_data) == 8 and all(1 <= x <= 5 for r in critic_data for x in r["scores"])
     metrics = _jsonl(os.path.join(d, "dpo", "metrics.jsonl"))
     assert len(metrics) == 2 and all(np.isfinite(m["loss"]) for m in metrics)
     before = os.path.getmtime(os.path.join(d, "dpo", "model"))

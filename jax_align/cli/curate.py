@@ -8,15 +8,20 @@ align2llava`).
   ``curate rm-eval --rm RM --input SCORED --output OUT``: pairwise accuracy (§3.2 eval).
 * ``curate rewrite --model M --input SFT --output OUT [--review]``: the inner LLM rewrites free-form answers
   (:mod:`jax_align.recipes.align2llava_rewrite`, §3.5).
-* ``curate rank-answers --rm RMA --input ... --keep 0.3``: each (question, answer) turn scored by the answer
-  reward model; a conversation scores the mean of its turns (the best candidate per turn, §3.1 step 4; here the
-  original answer, ``repeat_times = 1``); the top ``keep`` per type kept.
+* ``curate rank-answers --rm RMA --input ... --keep 0.3 [--candidates N --sampler M]``: each (question, answer)
+  turn scored by the answer reward model; a conversation scores the mean over its turns of the best candidate's
+  reward (§3.1 step 4, the code's ``repeat_times``); the top ``keep`` per type kept. Candidates of a turn: its
+  own answer (candidate 0) and, with ``--candidates N`` (N > 1), N - 1 answers sampled from ``--sampler`` for
+  the turn's question and the record's image (``--temperature``, seeded with ``--seed``; each turn pair on its
+  own, §3.6; empty samples dropped). The best candidate (the original on ties) replaces the turn's answer in
+  the output, and ``curation.candidates`` keeps every candidate's text and reward and the chosen index.
 
-The reward models are ``reward`` stage runs (``run.dir/model``, linear head on the last token). Library
-decision: the RMs read the model's chat template around ``<image>`` + text rather than the code's ``plain``
-template (§3.2), the same rendering the ``reward`` stage trains with. Output: the kept records (valid ``sft``
-records) with ``curation: {score, type, stage}``, shuffled with ``--seed`` as ``merge_final.py`` does (1234);
-a summary per type on stdout.
+The reward models are ``reward`` stage runs (``run.dir/model``, linear head without bias on the last token),
+started from ``curate rm-base --model M --output BASE`` (a copy of M with §3.2's ``plain`` template, the default;
+``--template chat`` keeps M's chat template): the stage trains with the template of the model it starts from and
+saves it with the RM, so ``rm-eval`` and ``rank-*`` score with the same rendering. Output: the kept records
+(valid ``sft`` records) with ``curation: {score, type, stage}``, shuffled with ``--seed`` as ``merge_final.py``
+does (1234); a summary per type on stdout.
 """
 
 from __future__ import annotations
@@ -45,6 +50,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--max-length", type=int, default=512, help="tokens per scored row (longer are truncated)")
         p.add_argument("--allow-absolute-paths", action="store_true",
                        help="accept image paths outside the input file's directory (absolute or ../)")
+        if name == "rank-answers":
+            p.add_argument("--candidates", type=int, default=1,
+                           help="candidate answers per turn scored by the RM, the best kept (§3.1 step 4, the code's "
+                                "repeat_times; default 1 = the record's own answer): the own answer plus N-1 "
+                                "answers sampled from --sampler for the turn's question and image; the best (the "
+                                "own answer on ties) replaces the turn's answer, every candidate and reward are "
+                                "written under curation.candidates")
+            p.add_argument("--sampler", default=None, help="model that samples the extra candidates (needed when "
+                           "--candidates > 1; e.g. the SFT model being curated for)")
+            p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the candidates")
+            p.add_argument("--max-new-tokens", type=int, default=256, help="tokens per sampled candidate")
     d = sub.add_parser("rm-data", help="Align²LLaVA preference records -> scored groups for the reward stage, "
                        "with augmentation pairs (§3.2)")
     d.add_argument("--kind", required=True, choices=("questions", "answers"),
@@ -56,6 +72,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--augment-rate", type=float, default=0.25, help="per candidate, probability of an "
                    "(original > corrupted) pair (code: 0.25; 0 = none)")
     d.add_argument("--seed", type=int, default=1234)
+    b = sub.add_parser("rm-base", help="a copy of a model whose chat template is §3.2's plain one, to train a "
+                       "reward model from (model.path=OUTPUT)",
+                       description="§3.2: the reward models read '<image>\\nQuestion: {q}\\nAnswer: {a}\\n' (answers) "
+                       "and '<image>\\n' + the questions one per line (questions), no chat template; the score is "
+                       "read on the last token by a linear head without bias. The reward stage trains with the "
+                       "template of the model it starts from and saves it with the RM, so rm-eval and rank-* score "
+                       "with it too.")
+    b.add_argument("--model", required=True, help="the model the reward model starts from (jax-align directory)")
+    b.add_argument("--output", required=True, help="the copy (train the RM with model.path=OUTPUT)")
+    b.add_argument("--template", choices=("plain", "chat"), default="plain",
+                   help="plain (§3.2, default) or chat (the model's own chat template)")
     e = sub.add_parser("rm-eval", help="pairwise accuracy of a reward model on scored groups (§3.2 eval)")
     e.add_argument("--rm", required=True, help="run.dir/model of a `reward` stage run")
     e.add_argument("--input", required=True, help="scored records (e.g. held-out groups from rm-data)")
@@ -134,6 +161,21 @@ def run_rm_data(args) -> int:
     return 0
 
 
+def run_rm_base(args) -> int:
+    from jax_align.cli.errors import CommandError, located
+    from jax_align.recipes.align2llava import with_template
+
+    if not os.path.isdir(args.model):
+        raise CommandError("no such model directory", file=args.model, field="--model")
+    if not os.path.isfile(os.path.join(args.model, "tokenizer_config.json")):
+        raise CommandError("no tokenizer_config.json (a jax-align or Hugging Face model directory)", file=args.model,
+                           field="--model")
+    with located(args.model, "--model"):
+        with_template(args.model, args.output, args.template)
+    print(json.dumps({"model": args.output, "template": args.template}))
+    return 0
+
+
 def run_rm_eval(args) -> int:
     from jax_align.cli.errors import CommandError, located
     from jax_align.recipes.align2llava import pairwise_accuracy
@@ -175,37 +217,86 @@ def run_rewrite(args) -> int:
     return 0
 
 
+def _add_candidates(args, turns: list, records: list[dict], base: str) -> None:
+    """Append ``--candidates - 1`` answers sampled from ``--sampler`` to each turn's candidate list (in place)."""
+    if getattr(args, "candidates", 1) <= 1:
+        return
+    from jax_align.cli.errors import located
+    from jax_align.generate import Generator
+    from jax_align.sampling import SamplingParams
+
+    with located(args.sampler, "--sampler"):
+        sampler = Generator.from_model_dir(args.sampler)
+    sp = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                        n_samples=args.candidates - 1)
+    gens = sampler.generate([{"image": records[i].get("image"), "prompt": q} for i, _, q, _ in turns], sp,
+                            seed=args.seed, batch_size=args.batch_size, base_dir=base)
+    for (_, _, _, cands), g in zip(turns, gens, strict=True):
+        cands.extend(t.strip() for t in g.texts if t.strip())
+
+
 def run(args) -> int:
     import numpy as np
 
     from jax_align.atomic import check_writable
     from jax_align.cli.errors import CommandError, located
     from jax_align.cli.prefs import read_jsonl
-    from jax_align.recipes.align2llava import answer_turns, keep_top, question_text
+    from jax_align.recipes.align2llava import (
+        answer_turn_indices,
+        answer_turns,
+        best_candidates,
+        keep_top,
+        question_text,
+        with_answers,
+    )
     from jax_align.recipes.bdhs import write_pairs
     from jax_align.train.reward_head import has_head
 
     with located(args.output, "--output"):
         check_writable(args.output)
-    if args.curate_command in ("rewrite", "rm-data", "rm-eval"):
-        return {"rewrite": run_rewrite, "rm-data": run_rm_data, "rm-eval": run_rm_eval}[args.curate_command](args)
+    if args.curate_command in ("rewrite", "rm-data", "rm-eval", "rm-base"):
+        return {"rewrite": run_rewrite, "rm-data": run_rm_data, "rm-eval": run_rm_eval,
+                "rm-base": run_rm_base}[args.curate_command](args)
     records = read_jsonl(args.input)
     _check(args, records)
+    if getattr(args, "candidates", 1) < 1:
+        raise CommandError(f"must be at least 1, got {args.candidates}", field="--candidates")
+    if getattr(args, "candidates", 1) > 1 and not args.sampler:
+        raise CommandError("--candidates > 1 needs --sampler MODEL (the model that samples the extra candidates)",
+                           field="--sampler")
+    if getattr(args, "sampler", None) and not os.path.isdir(args.sampler):
+        raise CommandError("no such model directory", file=args.sampler, field="--sampler")
     if not os.path.isdir(args.rm) or not has_head(args.rm):
         raise CommandError("not a reward model (run.dir/model of a `reward` stage run)", file=args.rm, field="--rm")
     base = os.path.dirname(os.path.abspath(args.input))
-    groups, owner = [], []
+    groups, owner, turns = [], [], []  # turns: (record, answer turn index, question, candidates)
     for i, rec in enumerate(records):
         image = rec.get("image")
         if args.curate_command == "rank-questions":
             groups.append({"image": image, "prompt": "<image>", "responses": [question_text(rec)], "scores": [0]})
             owner.append(i)
         else:
-            for q, a in answer_turns(rec):
-                groups.append({"image": image, "prompt": q, "responses": [a], "scores": [0]})
-                owner.append(i)
+            for t, (q, a) in zip(answer_turn_indices(rec), answer_turns(rec), strict=True):
+                turns.append((i, t, q, [a]))
+    if turns:
+        _add_candidates(args, turns, records, base)
+        for i, _, q, cands in turns:
+            groups += [{"image": records[i].get("image"), "prompt": q, "responses": [c], "scores": [0]} for c in cands]
+            owner += [i] * len(cands)
     with located(args.rm, "--rm"):
         rewards = score_groups(args.rm, groups, base, batch_size=args.batch_size, max_length=args.max_length)
+    if turns:  # the best candidate per turn (§3.1 step 4); a conversation scores the mean of its turns' bests
+        rewards, cursor, chosen = list(rewards), 0, {}
+        per_turn = []
+        for _, _, _, cands in turns:
+            per_turn.append(rewards[cursor:cursor + len(cands)])
+            cursor += len(cands)
+        best = best_candidates(per_turn)
+        owner, rewards = [], []
+        for (i, t, _, cands), r, b in zip(turns, per_turn, best, strict=True):
+            owner.append(i)
+            rewards.append(r[b])
+            chosen.setdefault(i, []).append({"turn": t, "chosen": b, "candidates": cands, "rewards": r})
     per_record: dict[int, list[float]] = {}
     for i, r in zip(owner, rewards, strict=True):
         per_record.setdefault(i, []).append(r)
@@ -213,7 +304,13 @@ def run(args) -> int:
     types = [str(rec.get(args.type_field) or "all") for rec in records]
     kept = keep_top(scores, types, args.keep)
     stage = "questions" if args.curate_command == "rank-questions" else "answers"
-    out = [{**records[i], "curation": {"score": scores[i], "type": types[i], "stage": stage}} for i in kept]
+    out = []
+    for i in kept:
+        rec, info = records[i], {"score": scores[i], "type": types[i], "stage": stage}
+        if turns and getattr(args, "candidates", 1) > 1:
+            rec = with_answers(rec, {c["turn"]: c["candidates"][c["chosen"]] for c in chosen.get(i, [])})
+            info["candidates"] = chosen.get(i, [])
+        out.append({**rec, "curation": info})
     order = np.random.default_rng(args.seed).permutation(len(out))
     write_pairs([out[int(j)] for j in order], base, args.output)
     summary = {t: {"records": types.count(t), "kept": sum(types[i] == t for i in kept)} for t in dict.fromkeys(types)}

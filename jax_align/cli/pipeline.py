@@ -205,7 +205,15 @@ def run_eaco(cfg: dict, log=print) -> dict:
         if name == "policy":
             _train("sft", spec, os.path.join(d, "policy"), model=None, data=None)
         elif name == "critic":
-            data = spec.get("data") or (os.path.join(world, "reward.jsonl") if world else None)
+            data = spec.get("data") or ("world" if world else None)
+            if data == "world":  # §1.3 on the world: score: N = 5 - hallucinated objects (world/critiques.py)
+                from jax_align.world.critiques import write_critic_data
+
+                if world is None:
+                    raise ValueError("critic.data: world needs the pipeline's world section")
+                data = os.path.join(d, "critic_data.jsonl")
+                write_critic_data(world, data, k=int(spec.get("candidates", 5)), seed=int(spec.get("seed", 0)),
+                                  limit=int(spec.get("groups", 0)))
             _train("critic", spec, os.path.join(d, "critic"), model=spec.get("base") or out["policy"], data=data)
         elif name == "pairs":
             run_pairs(_args(policy=out["policy"], critic=out["critic"], output=out["pairs"],

@@ -49,7 +49,7 @@ def _records(args, *, need_image: bool, need_question: bool) -> list[dict]:
     from jax_align.cli.errors import CommandError
     from jax_align.cli.prefs import check_image_paths, read_jsonl
     from jax_align.data.records import parse_record
-    from jax_align.recipes.bdhs import first_exchange
+    from jax_align.recipes.eaco import record_question
 
     records = read_jsonl(args.input)
     if args.limit:
@@ -70,7 +70,7 @@ def _records(args, *, need_image: bool, need_question: bool) -> list[dict]:
                     field, msg = problems[0]
                     raise CommandError(msg, file=args.input, record=n, field=field)
             try:
-                question = first_exchange(rec)[0]
+                question = record_question(rec)
             except (KeyError, StopIteration, TypeError, AttributeError):
                 raise CommandError("no question (a prompt or a first human turn)", file=args.input, record=n,
                                    field="prompt") from None

@@ -22,6 +22,7 @@ instruction type.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -147,6 +148,29 @@ def answer_turns(record: dict) -> list[tuple[str, str]]:
             if turns[i][0] == "human" and turns[i + 1][0] == "gpt"]
 
 
+def answer_turn_indices(record: dict) -> list[int]:
+    """Index (in ``conversations`` / ``messages``) of the answer turn of each pair of :func:`answer_turns`."""
+    turns = _turns(record)
+    return [i + 1 for i in range(len(turns) - 1) if turns[i][0] == "human" and turns[i + 1][0] == "gpt"]
+
+
+def with_answers(record: dict, answers: dict[int, str]) -> dict:
+    """A copy of ``record`` whose answer turns ``{turn index: text}`` are replaced (conversations or messages)."""
+    new = dict(record)
+    key, field = ("conversations", "value") if "conversations" in record else ("messages", "content")
+    turns = [dict(t) for t in record[key]]
+    for i, text in answers.items():
+        turns[i][field] = text
+    new[key] = turns
+    return new
+
+
+def best_candidates(rewards: Sequence[Sequence[float]]) -> list[int]:
+    """Per turn, the index of the candidate with the highest reward (the first on ties, so the original answer,
+    candidate 0, wins a tie; §3.1 step 4: keep the best per turn)."""
+    return [int(np.argmax(r)) for r in rewards]
+
+
 class RecordFault(ValueError):
     """A malformed preference record: ``record`` (1-based), ``field``, ``message``."""
 
@@ -199,3 +223,52 @@ def rm_groups(record: dict, n: int, kind: str) -> list[dict]:
     if len(out) > 1 and "id" in base:  # one group per turn pair, ids kept unique
         out = [{**g, "id": f"{base['id']}-t{t}"} for t, g in enumerate(out)]
     return out
+
+
+# §3.2: the reward models read LLaVA's ``plain`` conversation (no system text, no roles, no chat template):
+# answer RM ``"<image>\nQuestion: {q}\nAnswer: {a}\n"``, question RM ``"<image>\n" + "\n".join(questions)``
+# (+ the separator "\n"), the score read on the last token by a linear head without bias. As a chat template:
+# a user turn renders as ``<image>\n`` (when it holds the image) then ``Question: {q}\nAnswer: `` (when it has
+# text), an assistant turn as its text and "\n". The tokenizer's BOS comes first, as LLaVA's tokenizer adds it.
+PLAIN_TEMPLATE = (
+    "{{- bos_token -}}{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{%- if '<image>' in message['content'] -%}{{- '<image>\n' -}}{%- endif -%}"
+    "{%- set q = message['content'] | replace('<image>', '') | trim -%}"
+    "{%- if q -%}{{- 'Question: ' + q + '\nAnswer: ' -}}{%- endif -%}"
+    "{%- elif message['role'] == 'assistant' -%}{{- message['content'] + '\n' -}}{%- endif -%}"
+    "{%- endfor -%}")
+TEMPLATES = ("plain", "chat")  # plain: §3.2 (default); chat: the base model's own chat template
+
+
+def with_template(model_dir: str, out_dir: str, template: str = "plain") -> str:
+    """A copy of the model directory ``model_dir`` whose chat template is ``template`` (``plain``: §3.2's
+    :data:`PLAIN_TEMPLATE`; ``chat``: unchanged), written atomically to ``out_dir``; returns ``out_dir``.
+
+    The ``reward`` stage trains with the template of the directory it starts from and saves it beside the
+    model, so a reward model trained from this copy scores with the same template in ``rm-eval`` and
+    ``rank-*``. An existing ``out_dir`` is replaced."""
+    import json
+    import shutil
+
+    from jax_align.atomic import atomic_dir
+
+    if template not in TEMPLATES:
+        raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
+    with atomic_dir(out_dir) as work:
+        shutil.copytree(model_dir, work, dirs_exist_ok=True)
+        if template == "plain":
+            cfg_path = os.path.join(work, "tokenizer_config.json")
+            if not os.path.isfile(cfg_path):
+                raise ValueError(f"{model_dir}: no tokenizer_config.json to carry the plain template")
+            with open(cfg_path, encoding="utf-8") as f:
+                cfg = json.load(f)
+            cfg["chat_template"] = PLAIN_TEMPLATE
+            with open(cfg_path, "w", encoding="utf-8") as f:
+                json.dump(cfg, f, indent=2)
+            for name in ("chat_template.jinja", "chat_template.json"):  # newer transformers read these first
+                if os.path.exists(os.path.join(work, name)):
+                    os.remove(os.path.join(work, name))
+            with open(os.path.join(work, "align2llava_template.json"), "w", encoding="utf-8") as f:
+                json.dump({"template": "plain", "spec": "§3.2"}, f)
+    return out_dir

@@ -80,10 +80,18 @@ def record_id(record: dict, index: int) -> str:
     return str(record.get("id", index + 1))
 
 
+def record_question(record: dict) -> str:
+    """The record's own question: a ``prompt`` record's prompt (no answer needed, e.g. the world's captions), else
+    the first human turn; the image placeholder removed."""
+    if "prompt" in record and "conversations" not in record and "messages" not in record:
+        return str(record["prompt"]).replace("<image>\n", "").replace("<image>", "").strip()
+    return first_exchange(record)[0]
+
+
 def choose_prompts(records: Sequence[dict], source: str, seed: int) -> tuple[list[str], str]:
     """One prompt per record and the prompt source's name (``description`` | ``question`` | ``file``)."""
     if source == "question":
-        return [first_exchange(r)[0] for r in records], "question"
+        return [record_question(r) for r in records], "question"
     if source == "default":
         pool, name = list(DESCRIPTION_PROMPTS), "description"
     else:
@@ -191,7 +199,7 @@ def describe_records(model, records: Sequence[dict], *, base_dir: str, seed: int
             continue
         desc = descriptions[i].strip()
         empty += not desc
-        question = first_exchange(rec)[0]
+        question = record_question(rec)
         value = f"<image>\n{DESCRIPTION_HEADER}\n{desc}\n\n{question}"
         new = dict(rec)
         if "conversations" in rec:

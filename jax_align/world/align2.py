@@ -3,8 +3,12 @@
 * ``align2_questions.jsonl``: question preference records ``{id, image, questions: [[q, ...]] * 7, score}``:
   each candidate set asks where 2 coloured shapes are; its score is the fraction asking about objects the image
   holds (answerable questions, §3.1 "visual relevance and answerability"), in [0, 1].
-* ``align2_answers.jsonl``: answer preference records: each caption group of ``reward.jsonl`` as a conversation
-  whose gpt ``value`` is the list of candidate answers with their truth ``score`` list (Jaccard to the scene).
+* ``align2_answers.jsonl``: answer preference records: per scene a caption question whose gpt ``value`` is the
+  list of 7 candidate captions (:func:`jax_align.world.critiques.candidate_captions`: true objects kept or left
+  out, 0-3 wrong objects added) with their ``score`` list ``1 - 0.25 x hallucinated objects`` (at least 0, steps
+  of 0.05 as §3.1's annotations): a score difference is always a difference in hallucinated objects (CHAIR's
+  count), so the answer RM has one learnable signal (the world's ``reward.jsonl`` Jaccard scores rank a
+  caption that leaves an object out like one that invents one).
 * ``align2_instruct.jsonl``: the world's SFT conversations with a ``type`` (detail = captions, conversation =
   yes/no, complex_reasoning = the other questions) for ``curate rank-*``.
 """
@@ -15,8 +19,9 @@ import os
 
 import numpy as np
 
+from jax_align.world.critiques import candidate_captions
 from jax_align.world.datasets import load_world_config, read_jsonl, write_jsonl
-from jax_align.world.text import position_question
+from jax_align.world.text import CAPTION_PROMPTS, position_question
 
 CANDIDATES = 7  # question / answer candidates per image in the code's data (spec §3.1)
 
@@ -35,6 +40,11 @@ def _question_record(scene: dict, config, rng: np.random.Generator) -> dict:
             "questions": sets, "score": scores}
 
 
+def answer_score(hallucinated: int) -> float:
+    """An answer's truth score in [0, 1]: 1 - 0.25 per hallucinated object."""
+    return max(0.0, 1.0 - 0.25 * int(hallucinated))
+
+
 def _instruction_type(record_id: str) -> str:
     kind = record_id.rsplit("-", 1)[-1]
     return "detail" if kind.startswith("caption") else "conversation" if kind.startswith("exist") \
@@ -49,13 +59,68 @@ def write_align2_files(world_dir: str, seed: int = 0) -> dict[str, int]:
         os.path.join(world_dir, "align2_questions.jsonl"),
         (_question_record(s, config, np.random.default_rng([seed, i])) for i, s in enumerate(scenes)))}
     answers = []
-    for rec in read_jsonl(os.path.join(world_dir, "reward.jsonl")):
-        if len(rec["responses"]) > 1:
-            answers.append({"id": rec["id"], "image": rec["image"], "conversations": [
-                {"from": "human", "value": "<image>\n" + rec["prompt"]},
-                {"from": "gpt", "value": rec["responses"], "score": rec["scores"]}]})
+    for i, scene in enumerate(scenes):
+        rng = np.random.default_rng([seed, 1, i])
+        cands = candidate_captions(scene["objects"], config, rng, CANDIDATES)
+        if len(cands) > 1:
+            answers.append({"id": f"{scene.get('id', i)}-answers", "image": scene["image"], "conversations": [
+                {"from": "human", "value": "<image>\n" + CAPTION_PROMPTS[int(rng.integers(len(CAPTION_PROMPTS)))]},
+                {"from": "gpt", "value": [t for t, _, _ in cands], "score": [answer_score(h) for _, h, _ in cands]}]})
     counts["align2_answers"] = write_jsonl(os.path.join(world_dir, "align2_answers.jsonl"), answers)
     counts["align2_instruct"] = write_jsonl(
         os.path.join(world_dir, "align2_instruct.jsonl"),
         ({**r, "type": _instruction_type(r["id"])} for r in read_jsonl(os.path.join(world_dir, "sft.jsonl"))))
     return counts
+
+
+# ------------------------------------------------------------------------ trained reward models (§3.2) on a world
+def rm_data_file(world_dir: str, out_path: str, kind: str, *, groups: int = 0, augment_rate: float = 0.25,
+                 seed: int = 1234) -> int:
+    """``curate rm-data`` as a function: the world's ``align2_{kind}.jsonl`` (written when missing), its first
+    ``groups`` records (0 = all) as scored groups plus augmentation pairs (§3.2); returns the largest group."""
+    from jax_align.recipes.align2llava import augmentation_groups, rm_groups
+    from jax_align.recipes.bdhs import write_pairs
+
+    src = os.path.join(world_dir, f"align2_{kind}.jsonl")
+    if not os.path.isfile(src):
+        write_align2_files(world_dir)
+    recs = read_jsonl(src)[: groups or None]
+    out = [g for n, r in enumerate(recs, 1) for g in rm_groups(r, n, kind)]
+    out += augmentation_groups(out, rate=augment_rate, seed=seed, questions=kind == "questions")
+    write_pairs(out, os.path.abspath(world_dir), out_path)
+    return max(len(g["responses"]) for g in out)
+
+
+def train_world_rm(model: str, world_dir: str, run_dir: str, kind: str, *, steps: int = 80, lr: float = 1e-3,
+                   batch_size: int = 8, groups: int = 0, template: str = "plain", seed: int = 0) -> str:
+    """An Align²LLaVA reward model (§3.2: Bradley-Terry over every ``score_i > score_j`` pair, augmentation 0.25,
+    linear head without bias on the last token, the ``plain`` template by default) for the world, trained from a
+    world SFT model ``model`` (the RM must see the image). ``kind``: ``questions`` | ``answers``. Returns the
+    model directory (``rank-questions`` / ``rank-answers`` / ``rm-eval`` read it)."""
+    from jax_align.recipes.align2llava import with_template
+    from jax_align.world.judges import train_judge
+
+    os.makedirs(run_dir, exist_ok=True)
+    data = os.path.join(run_dir, f"rm_{kind}.jsonl")
+    k = rm_data_file(world_dir, data, kind, groups=groups, seed=seed + 1234)
+    base = with_template(model, os.path.join(run_dir, f"base_{template}"), template)
+    return train_judge("reward", base, data, run_dir, steps=steps, lr=lr, batch_size=batch_size,
+                       max_length=448 if kind == "answers" else 160, seed=seed,
+                       extra={"data.num_responses": k})
+
+
+def evaluate_world_rm(rm: str, world_dir: str, kind: str, *, groups: int = 64, out_dir: str | None = None) -> dict:
+    """Held-out pairwise accuracy (§3.2 eval) of ``rm`` on the first ``groups`` preference records of
+    ``world_dir`` (use a world it was not trained on; no augmentation pairs): ``{pairwise_accuracy, pairs}``."""
+    import tempfile
+
+    from jax_align.recipes.align2llava import pairwise_accuracy
+    from jax_align.train.score import score_file
+
+    work = out_dir or tempfile.mkdtemp(prefix="align2-rm-eval-")
+    scored, out = os.path.join(work, f"eval_{kind}.jsonl"), os.path.join(work, f"eval_{kind}.scored.jsonl")
+    rm_data_file(world_dir, scored, kind, groups=groups, augment_rate=0.0)
+    score_file(rm, scored, out, fmt="scored", batch_size=8, buckets=(448,), max_length=448)
+    rows = read_jsonl(out)
+    acc, pairs = pairwise_accuracy([(r["scores"], r["rewards"]) for r in rows if "rewards" in r])
+    return {"pairwise_accuracy": acc, "pairs": pairs, "groups": len(rows)}

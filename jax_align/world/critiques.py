@@ -68,3 +68,92 @@ def critique_pairs(world_dir: str, out_path: str) -> int:
                                   "chosen_reason": reasons[0], "rejected_reason": reasons[1]}) + "\n")
             n += 1
     return n
+
+
+# ------------------------------------------------------------------ EACO's generative critic on the world (§1.3)
+# The world's own ``reward.jsonl`` scores captions by Jaccard to the truth, so a caption that leaves an object
+# out ranks like one that invents one, and 5 fixed variants per scene give a tiny critic few distinct targets.
+# The critic's data below ties the score to hallucinated objects only (what CHAIR counts: a mentioned
+# (colour, shape) the image does not hold) and draws fresh candidates per scene.
+CRITIC_MAX_SCORE = 5
+
+
+def faithfulness_score(hallucinated: int) -> int:
+    """The critic's target total: ``5 - hallucinated objects``, at least 1 (a 1-5 scale as VLFeedback's, §1.1)."""
+    return max(1, CRITIC_MAX_SCORE - int(hallucinated))
+
+
+def candidate_captions(objects: list, config, rng, k: int) -> list[tuple[str, int, int]]:
+    """Up to ``k`` distinct captions of a scene as ``(text, hallucinated, mentions)``.
+
+    Each keeps a random non-empty subset of the true objects (all of them half of the time) and adds
+    ``h ~ U{0..3}`` wrong objects, each a recoloured true object (a tiny captioner's usual slip) or an absent
+    shape in a free cell (the companion of a present trigger first: the world's co-occurrence bias). Sentences
+    follow the world's canonical order, as the world's captions do.
+    """
+    from jax_align.world.config import POSITIONS
+    from jax_align.world.scenes import WorldObject, canonical_order
+    from jax_align.world.text import caption_of
+
+    truth = [WorldObject(**o) if isinstance(o, dict) else o for o in objects]
+    pairs = {(o.color, o.shape) for o in truth}
+    present = {o.shape for o in truth}
+    preferred = [c for t, c in config.pairs if t in present and c not in present]
+    seen, out = set(), []
+    for _ in range(4 * k):
+        if len(out) == k:
+            break
+        keep = truth if rng.random() < 0.5 else [o for o in truth if rng.random() < 0.6] or [truth[0]]
+        objs = list(keep)
+        used = {o.position for o in objs}
+        for _ in range(int(rng.integers(0, 4))):
+            free = [p for p in POSITIONS if p not in used]
+            if rng.random() < 0.5 and objs:
+                i = int(rng.integers(len(objs)))
+                colors = [c for c in config.colors if (c, objs[i].shape) not in pairs]
+                if colors:
+                    o = objs[i]
+                    objs[i] = WorldObject(o.shape, colors[int(rng.integers(len(colors)))], o.size, o.position)
+            elif free:
+                shapes = preferred if preferred and rng.random() < 0.5 else list(config.shapes)
+                shape = shapes[int(rng.integers(len(shapes)))]
+                colors = [c for c in config.colors if (c, shape) not in pairs]
+                pos = free[int(rng.integers(len(free)))]
+                objs.append(WorldObject(shape, colors[int(rng.integers(len(colors)))],
+                                        config.sizes[int(rng.integers(len(config.sizes)))], pos))
+                used.add(pos)
+        text = caption_of(canonical_order(objs, config))
+        if text not in seen:
+            seen.add(text)
+            out.append((text, sum((o.color, o.shape) not in pairs for o in objs), len(objs)))
+    return out
+
+
+def write_critic_data(world_dir: str, out_path: str, *, k: int = 5, seed: int = 0, limit: int = 0) -> int:
+    """A ``scored`` file for the ``critic`` stage: per scene ``k`` candidate captions (:func:`candidate_captions`)
+    under one of EACO's description prompts (§1.2) or the world's caption prompts (what a world policy is asked
+    with ``prompts: question``), scored :func:`faithfulness_score` (integers, so the critic's
+    target is a short ``score: N``), best first. Returns the number of groups written."""
+    import numpy as np
+
+    from jax_align.recipes.eaco import DESCRIPTION_PROMPTS
+    from jax_align.world.datasets import load_world_config
+    from jax_align.world.text import CAPTION_PROMPTS
+
+    prompts = (*DESCRIPTION_PROMPTS, *CAPTION_PROMPTS)
+
+    config = load_world_config(world_dir)
+    scenes = read_jsonl(os.path.join(world_dir, "scenes.jsonl"))[: limit or None]
+    base_out = os.path.dirname(os.path.abspath(out_path))
+    n = 0
+    with atomic_file(out_path) as dst:
+        for i, scene in enumerate(scenes):
+            rng = np.random.default_rng([seed, i])
+            cands = candidate_captions(scene["objects"], config, rng, k)
+            scored = sorted(((faithfulness_score(h), t) for t, h, _ in cands), key=lambda x: -x[0])
+            image = os.path.relpath(os.path.join(os.path.abspath(world_dir), scene["image"]), base_out)
+            dst.write(json.dumps({"id": f"{scene.get('id', i)}-critic", "image": image,
+                                  "prompt": prompts[int(rng.integers(len(prompts)))],
+                                  "responses": [t for _, t in scored], "scores": [s for s, _ in scored]}) + "\n")
+            n += 1
+    return n

@@ -77,3 +77,112 @@ class CandidatePolicy:
             rng = np.random.default_rng([seed, i])
             out.append(_Generation([pool[int(k)] for k in rng.integers(len(pool), size=n)]))
         return out
+
+
+# ---------------------------------------------------------------- trained judges of the world (EACO critic, §1.3)
+def train_judge(stage: str, model: str, data: str, run_dir: str, *, steps: int, lr: float, batch_size: int,
+                max_length: int, seed: int = 0, extra: dict | None = None) -> str:
+    """One ``jax-align train`` run of ``stage`` from ``model`` on ``data`` (cosine schedule, one final checkpoint,
+    the SFT model's vision tower trained too); returns the run's model directory."""
+    import json as _json
+
+    from jax_align.train.config import load_config
+    from jax_align.train.trainer import Trainer
+
+    step = max(32, -(-max_length // 4 // 32) * 32)
+    buckets = sorted({min(max_length, step * i) for i in range(1, 5)} | {max_length})
+    overrides = {"run.dir": run_dir, "run.stage": stage, "run.seed": seed, "model.path": model,
+                 "model.train_vision": True, "data.train": data, "data.max_length": max_length,
+                 "data.buckets": buckets, "data.batch_size": batch_size, "data.allow_absolute_paths": True,
+                 "train.steps": steps, "train.progress": False, "optim.lr": lr, "optim.schedule": "cosine",
+                 "optim.warmup_steps": max(1, steps // 20), "checkpoint.every": steps, "checkpoint.keep": 1,
+                 **(extra or {})}
+    cfg = load_config(None, [f"{k}={v if isinstance(v, str) else _json.dumps(v)}" for k, v in overrides.items()])
+    summary = Trainer(cfg).run()
+    return summary.get("model") or os.path.join(run_dir, "model")
+
+
+def train_world_critic(model: str, world_dir: str, run_dir: str, *, steps: int = 150, lr: float = 1e-3,
+                       batch_size: int = 32, groups: int = 2000, seed: int = 0) -> str:
+    """EACO's generative critic (§1.3) for a world, trained from a world SFT model ``model`` (it must see the
+    images: a critic from random init cannot tell captions apart). Data: :func:`world.critiques.write_critic_data`
+    (``groups`` scenes x 5 candidates, target ``score: N`` = 5 - hallucinated objects). Returns the model dir."""
+    from jax_align.world.critiques import write_critic_data
+
+    os.makedirs(run_dir, exist_ok=True)
+    data = os.path.join(run_dir, "critic_data.jsonl")
+    if not os.path.isfile(data):
+        write_critic_data(world_dir, data, seed=seed, limit=groups)
+    return train_judge("critic", model, data, run_dir, steps=steps, lr=lr, batch_size=batch_size,
+                       max_length=160, seed=seed)
+
+
+def evaluate_world_critic(critic, world_dir: str, *, groups: int = 48, k: int = 5, seed: int = 777,
+                          batch_size: int = 32) -> dict:
+    """Quality of a critic (a model directory or any object with ``generate``) on ``groups`` scenes of
+    ``world_dir`` (use a world it was not trained on), ``k`` fresh candidates each (:func:`candidate_captions`):
+    the fraction of outputs with a parsable score, and how often the critic's argmax (argmin) candidate has the
+    lowest (highest) true hallucination count of its group (ties in the truth count as agreement), over groups
+    with at least two parsed outputs and unequal truth."""
+    import numpy as np
+
+    from jax_align.data.critic_text import parse_critic_scores
+    from jax_align.recipes.eaco import critic_prompt, judge_total
+    from jax_align.sampling import SamplingParams
+    from jax_align.world.critiques import candidate_captions
+    from jax_align.world.datasets import load_world_config
+    from jax_align.world.text import CAPTION_PROMPTS
+
+    if isinstance(critic, str):
+        from jax_align.generate import Generator
+
+        critic = Generator.from_model_dir(critic)
+    config = load_world_config(world_dir)
+    scenes = read_jsonl(os.path.join(world_dir, "scenes.jsonl"))[:groups]
+    jobs, truth = [], []
+    for i, scene in enumerate(scenes):
+        rng = np.random.default_rng([seed, i])
+        prompt = CAPTION_PROMPTS[int(rng.integers(len(CAPTION_PROMPTS)))]  # as the pipeline asks a world policy
+        cands = candidate_captions(scene["objects"], config, rng, k)
+        truth.append([h for _, h, _ in cands])
+        jobs += [(i, {"image": scene["image"], "prompt": critic_prompt(prompt, t)}) for t, _, _ in cands]
+    gens = critic.generate([p for _, p in jobs], SamplingParams(max_new_tokens=6), seed=seed,
+                           batch_size=batch_size, base_dir=os.path.abspath(world_dir))
+    totals: dict[int, list] = {}
+    for (i, _), g in zip(jobs, gens, strict=True):
+        totals.setdefault(i, []).append(judge_total(parse_critic_scores(g.texts[0])))
+    parsed = sum(t is not None for ts in totals.values() for t in ts)
+    best = worst = n = 0
+    chance_best = chance_worst = 0.0
+    for i, ts in totals.items():
+        idx = [j for j, t in enumerate(ts) if t is not None]
+        hs = [truth[i][j] for j in idx]
+        if len(idx) < 2 or min(hs) == max(hs):
+            continue
+        n += 1
+        scores = [ts[j] for j in idx]
+        best += hs[int(np.argmax(scores))] == min(hs)
+        worst += hs[int(np.argmin(scores))] == max(hs)
+        chance_best += hs.count(min(hs)) / len(hs)
+        chance_worst += hs.count(max(hs)) / len(hs)
+    return {"outputs": len(jobs), "parsable": parsed / max(1, len(jobs)), "groups": n,
+            "argmax_agree": best / max(1, n), "argmin_agree": worst / max(1, n),
+            "chance_argmax": chance_best / max(1, n), "chance_argmin": chance_worst / max(1, n)}
+
+
+def pairs_chair(world_dir: str, pairs: Sequence[dict], base_dir: str) -> dict:
+    """CHAIR_i of the chosen and of the rejected answers of EACO pair records (images relative to ``base_dir``,
+    scenes of ``world_dir``), pooled over mentions, with the pinned parser: the direction check of §1.2."""
+    from jax_align.eval.evaluate import load_benchmarks
+    from jax_align.eval.metrics import chair_metrics
+
+    bench = load_benchmarks(world_dir)
+    root = os.path.abspath(world_dir)
+    scenes = {os.path.normpath(os.path.join(root, k)): v for k, v in bench.scenes.items()}
+    keys = [_image_key(p["image"], base_dir) for p in pairs]
+    out = {"pairs": len(pairs)}
+    for side in ("chosen", "rejected"):
+        texts = [p[side][-1]["content"] if isinstance(p[side], list) else p[side] for p in pairs]
+        m, _ = chair_metrics(texts, [scenes[k] for k in keys], bench.shape_words(), bench.config.colors)
+        out[f"{side}_chair_i"] = m["chair_i"]
+    return out
