@@ -1,4 +1,5 @@
-"""Online and Mixed DPO (the Apple study, spec §2.1): the policy samples inside the training loop.
+"""Online-, Mixed- and Avg-DPO and Online-BDHS (the Apple study, spec §2.1-2.2): the policy samples inside the
+training loop.
 
 Training runs in *rounds* of ``online.every`` optimizer steps. At the start of round ``r`` the current policy
 (the same sharded parameters the step updates: no export, no second copy beyond the reference) samples
@@ -11,7 +12,6 @@ sample become the online pair ``(ỹ+, ỹ−)``; a tie or an undecidable annota
   (``α = 1``) or the online pair (``α = 0``); only ``α = 0`` prompts are sampled. Since each example's loss is
   ``α L(offline) + (1 − α) L(online)`` with ``α`` in {0, 1}, the round file holds exactly the selected pair per
   prompt and the step is plain DPO on it (``losses.mixed_dpo`` of the logged terms equals it: tested).
-
 * ``online.rejected = bdhs`` (Online-BDHS, spec §2.2): instead of ranking samples, the pair of a prompt is the
   record's ground-truth answer (chosen) against the live policy's BDHS answer (rejected): image attention masked
   (rho_th), guided sentence continuations of the answer, the similarity retries, exactly as ``jax-align prefs
@@ -24,8 +24,8 @@ sample become the online pair ``(ỹ+, ỹ−)``; a tie or an undecidable annota
   round file holds ``responses = [y+, y−, ỹ−]`` (ranked format, the pipeline's three columns).
 
 Each round's pairs are written atomically to ``run.dir/online/round_NNNNN.jsonl`` with provenance (round,
-step, ``alpha``, every sample and its score): the log of what the policy sampled, and the online buffer. All
-randomness of a round derives from ``(run.seed, round)``, so a resume reuses the round file if it was
+step, ``alpha``, every sample and its score, BDHS provenance): the log of what the policy sampled, and the
+online buffer. All randomness of a round derives from ``(run.seed, round)``, so a resume reuses the round file if it was
 written and otherwise regenerates it from the checkpoint's parameters: resumes are exact.
 """
 
