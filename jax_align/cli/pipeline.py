@@ -11,6 +11,17 @@ own checkpoints):
 5. ``describe``: ``jax-align prefs describe`` with the DPO model (§1.2 step 7);
 6. ``sft``: SFT on the description-infused records, starting from the DPO model (§1.5).
 
+The ``sft`` stage and the DPO adapter (§1.2 step 7.3, §1.5: ``--load_peft``, the DPO adapter trained further
+with a fresh optimizer at LR 2e-5). The trainer saves a LoRA run's model with the adapters merged
+(``W' = W + (alpha / r) A B``), so the ``sft`` stage here trains *fresh* adapters (``A'`` random, ``B' = 0``)
+on ``W'``. Both start from the same function (merged weights give the DPO model's logits), but they are not the
+same training: continuing moves ``(A, B)`` from their DPO values, and the gradient of ``A`` is scaled by
+``B != 0`` from the first step; fresh adapters have ``B' = 0``, so the first step moves only ``B'`` and the
+update lives in a new rank-r subspace (rank up to 2r over the base). Continuing the adapter needs the trainer
+(``jax_align/train``) to save the unmerged adapter beside the merged model and to take it as the initial LoRA
+state (a ``lora.init_from`` key); until then the pipeline's SFT stage is "fresh adapters on the merged DPO
+model", stated here and in the presets.
+
 The CONFIG (``configs/presets/eaco_*.yaml``) has ``dir``, an optional ``world: {seed, n}`` (rendered into
 ``DIR/world``; ``WORLD`` in any path stands for it), and one section per stage; a training stage's ``train``
 mapping is a ``jax-align train`` config (sections ``run``, ``model``, ``data``, ``optim``, ``loss``, ``lora``,

@@ -91,8 +91,12 @@ def rm_data_file(world_dir: str, out_path: str, kind: str, *, groups: int = 0, a
     return max(len(g["responses"]) for g in out)
 
 
-def train_world_rm(model: str, world_dir: str, run_dir: str, kind: str, *, steps: int = 80, lr: float = 1e-3,
-                   batch_size: int = 8, groups: int = 0, template: str = "plain", seed: int = 0) -> str:
+RM_DEFAULTS = {"answers": {"steps": 80, "lr": 1e-3}, "questions": {"steps": 160, "lr": 1e-3}}  # tiny world RMs
+
+
+def train_world_rm(model: str, world_dir: str, run_dir: str, kind: str, *, steps: int | None = None,
+                   lr: float | None = None, batch_size: int = 8, groups: int = 0, template: str = "plain",
+                   seed: int = 0) -> str:
     """An Align²LLaVA reward model (§3.2: Bradley-Terry over every ``score_i > score_j`` pair, augmentation 0.25,
     linear head without bias on the last token, the ``plain`` template by default) for the world, trained from a
     world SFT model ``model`` (the RM must see the image). ``kind``: ``questions`` | ``answers``. Returns the
@@ -104,6 +108,8 @@ def train_world_rm(model: str, world_dir: str, run_dir: str, kind: str, *, steps
     data = os.path.join(run_dir, f"rm_{kind}.jsonl")
     k = rm_data_file(world_dir, data, kind, groups=groups, seed=seed + 1234)
     base = with_template(model, os.path.join(run_dir, f"base_{template}"), template)
+    steps = RM_DEFAULTS[kind]["steps"] if steps is None else steps
+    lr = RM_DEFAULTS[kind]["lr"] if lr is None else lr
     return train_judge("reward", base, data, run_dir, steps=steps, lr=lr, batch_size=batch_size,
                        max_length=448 if kind == "answers" else 160, seed=seed,
                        extra={"data.num_responses": k})
