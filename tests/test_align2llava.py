@@ -327,3 +327,20 @@ def test_curation_with_a_truth_judge_keeps_higher_truth_than_random(tmp_path):
     random_means = [np.mean([truth[i] for i in rng.choice(len(pool), size=len(kept), replace=False)])
                     for _ in range(200)]
     assert np.mean([truth[i] for i in kept]) > np.percentile(random_means, 99)
+
+
+def test_train_world_rm_entry_point_plain_template(tiny_rm, tmp_path):
+    """The demo's entry point: `world.align2.train_world_rm` (2 steps here) starts from the plain copy of the
+    model, so the reward model it returns scores with §3.2's template; `evaluate_world_rm` counts held-out pairs."""
+    import shutil
+
+    from jax_align.recipes.align2llava import PLAIN_TEMPLATE
+    from jax_align.world.align2 import evaluate_world_rm, train_world_rm
+
+    world = str(tmp_path / "world")
+    shutil.copytree(tiny_rm / "world", world)
+    model = train_world_rm(str(tiny_rm / "model"), world, str(tmp_path / "rm"), "answers", steps=2, groups=6)
+    with open(os.path.join(model, "tokenizer_config.json")) as f:
+        assert json.load(f)["chat_template"] == PLAIN_TEMPLATE
+    result = evaluate_world_rm(model, world, "answers", groups=4, out_dir=str(tmp_path))
+    assert result["groups"] == 4 and result["pairs"] > 4 and 0.0 <= result["pairwise_accuracy"] <= 1.0
