@@ -44,14 +44,18 @@ def run_eaco(ctx: DemoContext, bases: Bases, seed: int) -> MethodResult:
     from jax_align.recipes.eaco import EACOConfig, build_pairs, describe_records
 
     p = ctx.plan
-    critic = ctx.timed(f"train eaco critic (seed {seed})", ctx.train, f"eaco_critic_s{seed}", "critic",
-                       os.path.join(ctx.train_world, "reward.jsonl"), p.critic_steps, p.critic_lr,
-                       **{"model.path": bases.sft, "seed": seed, "data.max_length": p.group_max_length,
-                          "data.buckets": buckets_to(p.group_max_length)})
+    from jax_align.world.judges import train_world_critic
+
+    # the critic's data: fresh candidate captions per training scene, target "score: N" with N = 5 - hallucinated
+    # objects (jax_align.world.critiques.write_critic_data); it starts from the SFT model, which sees the images
+    critic = ctx.timed(f"train eaco critic (seed {seed})", train_world_critic, bases.sft, ctx.train_world,
+                       ctx.path("runs", f"eaco_critic_s{seed}"), steps=p.critic_steps, lr=p.critic_lr,
+                       batch_size=p.pref_batch, groups=p.critic_groups, seed=seed)
     n_images = max(p.pref_batch, p.pref_records // 8)  # EACO's pairs cost n_samples generations + judgements each
     records = caption_subset(ctx.train_world, n_images, seed)
     cfg = EACOConfig(n_samples=p.eaco_samples, temperature=p.eaco_temperature, max_new_tokens=p.caption_tokens,
-                     critic_max_new_tokens=24, prompts="question", seed=seed, batch_size=p.eval_batch)
+                     critic_max_new_tokens=12, prompts="question", drop_ties=True, seed=seed,
+                     batch_size=p.eval_batch)
 
     def pairs_stage():
         pairs, stats = build_pairs(Generator.from_model_dir(bases.sft), Generator.from_model_dir(critic), records,
@@ -111,20 +115,15 @@ def _pool(ctx: DemoContext, seed: int) -> tuple[str, list[dict]]:
 
 
 def _train_rm(ctx: DemoContext, bases: Bases, seed: int, kind: str) -> str:
-    from jax_align.world.align2 import write_align2_files
+    """An Align²LLaVA reward model (§3.2: plain template, Bradley-Terry over every score_i > score_j pair,
+    augmentation 0.25) from the SFT model on the world's question / answer preference records."""
+    from jax_align.world.align2 import train_world_rm
 
     p = ctx.plan
-    src = os.path.join(ctx.train_world, f"align2_{kind}.jsonl")
-    if not os.path.isfile(src):
-        write_align2_files(ctx.train_world)
-    scored = ctx.data_file(f"align2_rm_{kind}_s{seed}.jsonl")
-    cli("curate", "rm-data", "--kind", kind, "--input", src, "--output", scored, "--seed", seed)
-    with open(scored) as f:
-        k = max(len(json.loads(line)["responses"]) for line in f if line.strip())
-    return ctx.timed(f"train align2 {kind} RM (seed {seed})", ctx.train, f"align2_rm_{kind}_s{seed}", "reward",
-                     scored, p.rm_steps, p.rm_lr, **{"model.path": bases.sft, "seed": seed, "data.num_responses": k,
-                                                     "data.max_length": p.group_max_length,
-                                                     "data.buckets": buckets_to(p.group_max_length)})
+    steps = p.rm_question_steps if kind == "questions" else p.rm_answer_steps
+    return ctx.timed(f"train align2 {kind} RM (seed {seed})", train_world_rm, bases.sft, ctx.train_world,
+                     ctx.path("runs", f"align2_rm_{kind}_s{seed}"), kind, steps=steps, lr=p.rm_lr,
+                     groups=p.rm_groups, seed=seed)
 
 
 def run_align2(ctx: DemoContext, bases: Bases, seed: int) -> MethodResult:

@@ -116,20 +116,20 @@ def run_mmdpo(ctx: DemoContext, bases: Bases, seed: int) -> MethodResult:
     """MM-RLHF (spec §4): a critique-based reward model (§4.2) trained on the world's critique-annotated pairs
     writes its critique of each BDHS answer and scores it; MM-DPO (§4.3) turns the margins into per-pair betas."""
     from jax_align.recipes.reward_scoring import attach_margins, score_pairs_with_critiques
-    from jax_align.world.critiques import critique_pairs
+    from jax_align.world.critiques import critique_candidate_pairs
 
     p = ctx.plan
     pairs = bdhs_pairs(ctx, bases, seed)
-    train = ctx.data_file("critique_pairs.jsonl")
-    if not os.path.isfile(train):
-        critique_pairs(ctx.train_world, train)
+    train = ctx.data_file(f"critique_pairs_s{seed}.jsonl")
+    if not os.path.isfile(train):  # hallucination-only preferences with critiques (world.critiques)
+        critique_candidate_pairs(ctx.train_world, train, seed=seed)
     rm = ctx.timed(f"train critique reward model (seed {seed})", ctx.train, f"critique_rm_s{seed}", "critique_reward",
-                   train, p.critique_rm_steps, p.rm_lr, **{"model.path": bases.sft, "seed": seed,
+                   train, p.critique_rm_steps, p.critique_rm_lr, **{"model.path": bases.sft, "seed": seed,
                                                            "data.max_length": p.group_max_length,
                                                            "data.buckets": [p.group_max_length]})
     work = ctx.data_file(f"mmdpo_critiques_s{seed}.jsonl")
     rewards = ctx.timed(f"reward margins (seed {seed})", score_pairs_with_critiques, rm, pairs, work,
-                        batch_size=p.eval_batch, buckets=(p.group_max_length,), max_new_tokens=48)
+                        batch_size=p.eval_batch, buckets=(p.group_max_length,), max_new_tokens=p.critique_tokens)
     margins = ctx.data_file(f"mmdpo_pairs_s{seed}.jsonl")
     stats = attach_margins(pairs, rewards, margins)
     model = ctx.train(f"mmdpo_s{seed}", "mmdpo", margins, p.pref_steps, p.pref_lr,

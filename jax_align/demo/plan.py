@@ -39,18 +39,23 @@ class DemoPlan:
     online_temperature: float = 1.0
     online_max_new_tokens: int = 48
     # ---- EACO (spec §1)
-    critic_steps: int = 300
-    critic_lr: float = 5e-4
+    critic_steps: int = 150
+    critic_lr: float = 1e-3
+    critic_groups: int = 2000
     eaco_samples: int = 5
     eaco_temperature: float = 1.0  # the code's 0.2 gives identical samples with the tiny policy (eaco_tiny.yaml)
     eaco_sft_steps: int = 100
     eaco_sft_records: int = 3200
     # ---- Align²LLaVA (spec §3)
-    rm_steps: int = 150
-    rm_lr: float = 5e-4
+    rm_question_steps: int = 160
+    rm_answer_steps: int = 80
+    rm_lr: float = 1e-3
+    rm_groups: int = 0  # 0: every scene of the training world
     keep: float = 0.3
     # ---- MM-RLHF (spec §4)
     critique_rm_steps: int = 200
+    critique_rm_lr: float = 5e-4
+    critique_tokens: int = 40  # the reward model's critique of each answer before it scores it
     # ---- AMP (spec §5)
     amp_records: int = 2400
     amp_parts: int = 2  # IG: K - 2 cumulative parts (K = 4 levels: standard, M_2 = the SFT model, M_1, base)
@@ -68,9 +73,10 @@ class DemoPlan:
 
 
 QUICK = DemoPlan(train_scenes=40, eval_scenes=24, eval_detail_scenes=8, caption_steps=4, sft_steps=4, batch_size=8,
-                 pref_steps=4, pref_batch=4, online_every=2, critic_steps=3, eaco_samples=3, eaco_sft_steps=2,
-                 eaco_sft_records=8, rm_steps=3, critique_rm_steps=3, amp_records=8, eval_batch=16,
-                 caption_tokens=24, online_max_new_tokens=16, max_length=96, buckets=(96,), group_max_length=192)
+                 pref_steps=4, pref_batch=4, online_every=2, critic_steps=3, critic_groups=16, eaco_samples=3,
+                 eaco_sft_steps=2, eaco_sft_records=8, rm_question_steps=3, rm_answer_steps=3, rm_groups=16,
+                 critique_rm_steps=3, amp_records=8, eval_batch=16, caption_tokens=24, online_max_new_tokens=16,
+                 critique_tokens=16, max_length=96, buckets=(96,), group_max_length=192)
 
 
 def buckets_to(max_length: int) -> list[int]:

@@ -157,3 +157,44 @@ def write_critic_data(world_dir: str, out_path: str, *, k: int = 5, seed: int = 
                                   "responses": [t for _, t in scored], "scores": [s for s, _ in scored]}) + "\n")
             n += 1
     return n
+
+
+def critique_candidate_pairs(world_dir: str, out_path: str, *, seed: int = 0, limit: int = 0) -> int:
+    """Critique-annotated pairs for MM-RLHF's reward model (§4.2, §4.6 field names) whose preference is about
+    hallucination only: per scene, of fresh :func:`candidate_captions`, the one with the fewest hallucinated
+    objects (more mentions on a tie) against the one with the most, each with its critique in the world's words;
+    plus every yes/no group of ``reward.jsonl`` (the right answer against the wrong one). Scenes whose
+    candidates hallucinate equally give no pair. Returns the number of pairs written."""
+    import numpy as np
+
+    from jax_align.world.datasets import load_world_config
+    from jax_align.world.text import CAPTION_PROMPTS
+
+    config = load_world_config(world_dir)
+    scenes = read_jsonl(os.path.join(world_dir, "scenes.jsonl"))[: limit or None]
+    base_out = os.path.dirname(os.path.abspath(out_path))
+    rel = lambda image: os.path.relpath(os.path.join(os.path.abspath(world_dir), image), base_out)  # noqa: E731
+    n = 0
+    with atomic_file(out_path) as dst:
+        for i, scene in enumerate(scenes):
+            rng = np.random.default_rng([seed, 1, i])
+            cands = candidate_captions(scene["objects"], config, rng, 5)
+            best = min(cands, key=lambda c: (c[1], -c[2]))
+            worst = max(cands, key=lambda c: (c[1], -c[2]))
+            if best[1] == worst[1]:
+                continue
+            truth = [object_sentence(WorldObject(**o)) for o in scene["objects"]]
+            dst.write(json.dumps({"image": rel(scene["image"]),
+                                  "prompt": CAPTION_PROMPTS[int(rng.integers(len(CAPTION_PROMPTS)))],
+                                  "chosen": best[0], "rejected": worst[0],
+                                  "chosen_reason": caption_critique(best[0], truth),
+                                  "rejected_reason": caption_critique(worst[0], truth)}) + "\n")
+            n += 1
+        images = {s["image"] for s in scenes}
+        for rec in read_jsonl(os.path.join(world_dir, "reward.jsonl")):
+            if rec["id"].endswith("-exist") and rec["image"] in images:
+                dst.write(json.dumps({"image": rel(rec["image"]), "prompt": rec["prompt"],
+                                      "chosen": rec["responses"][0], "rejected": rec["responses"][-1],
+                                      "chosen_reason": "Yes.", "rejected_reason": "No."}) + "\n")
+                n += 1
+    return n
