@@ -87,6 +87,12 @@ def test_report_statistics_goal_and_ranking():
     assert c["b"]["vqa_delta_points"] == pytest.approx(-2.0)
     assert not c["c"]["within_noise"]["chair_i"]  # one seed: nothing is called noise
     assert ranking(c) == ["a", "c", "b"]  # b lost VQA: last despite its cuts
+    # a method judged against another row (Align² against its uncurated control) is still ranked against SFT
+    c2 = compare(s, {"a": True, "b": True, "c": True}, {"c": "a"})
+    assert c2["c"]["baseline"] == "a" and c2["c"]["chair_i_rel"] == pytest.approx(0.8)  # 0.09 vs 0.05
+    assert not c2["c"]["goal"]["met"] and c2["c"]["vs_sft"] == pytest.approx(
+        {"chair_i_rel": -0.1, "pope_adv_fpr_rel": -0.125, "vqa_delta_points": 0.0})
+    assert ranking(c2) == ["a", "c", "b"]
     assert goal_check({"chair_i_rel": -0.1, "pope_adv_fpr_rel": 0.0, "vqa_delta_points": 0})["detail"] == \
         "fails: pope_adv_fpr"
     assert not goal_check({"chair_i_rel": -0.1, "pope_adv_fpr_rel": -0.1, "vqa_delta_points": -1.01})["met"]

@@ -22,9 +22,10 @@ from jax_align.demo.plan import QUICK, DemoPlan
 
 __all__ = ["DemoPlan", "QUICK", "run_demo"]
 
-# expected seconds per top-level stage on a 2-core CPU (full plan): only the progress line's estimate reads them
-WEIGHTS = {"worlds": 25, "base models": 330, "eval": 20, "dpo": 150, "online_dpo": 200, "mixed_dpo": 170,
-           "eaco": 260, "mmdpo": 200, "mdpo_amp": 160, "align2": 260, "sft_random": 80}
+# wall seconds per top-level stage measured on a quiet 2-core CPU (full plan): only the progress line's estimate
+# reads them
+WEIGHTS = {"worlds": 8, "base models": 165, "eval": 6, "dpo": 125, "online_dpo": 80, "mixed_dpo": 65,
+           "eaco": 110, "mmdpo": 170, "mdpo_amp": 150, "align2": 100, "sft_random": 40}
 
 
 def _model_name(method: str, seed: int, first_seed: int) -> str:

@@ -107,7 +107,10 @@ def _truth_gap(ctx: DemoContext, pairs: list[dict]) -> dict:
 def _pool(ctx: DemoContext, seed: int) -> tuple[str, list[dict]]:
     path = ctx.data_file(f"align2_pool_s{seed}.jsonl")
     if not os.path.isfile(path):
-        records, counts = noisy_instruct(ctx.train_world, 0.3, seed)
+        records, counts = noisy_instruct(ctx.train_world, ctx.plan.align2_noise, seed)
+        idx = np.random.default_rng(seed + 13).permutation(len(records))[: ctx.plan.align2_pool]
+        records = [records[i] for i in sorted(idx)]
+        counts["pool"] = len(records)
         ctx.data[f"align2_pool_s{seed}"] = counts
         _write(path, records, ctx.train_world)
     with open(path) as f:
@@ -146,9 +149,9 @@ def run_align2(ctx: DemoContext, bases: Bases, seed: int) -> MethodResult:
         curated = [json.loads(line) for line in f if line.strip()]
     ctx.data[f"align2_s{seed}"] = {"pool": len(records), "pool_truth": float(np.mean([r["truth"] for r in records])),
                                    "kept": len(curated), "kept_truth": float(np.mean([r["truth"] for r in curated]))}
-    model = ctx.train(f"align2_sft_s{seed}", "sft", kept, p.sft_steps, p.sft_lr,
+    model = ctx.train(f"align2_sft_s{seed}", "sft", kept, p.align2_sft_steps, p.sft_lr,
                       **{"model.path": bases.caption, "model.train_vision": True, "seed": seed})
-    return MethodResult(model, len(curated), sft_steps=p.sft_steps)
+    return MethodResult(model, len(curated), sft_steps=p.align2_sft_steps)
 
 
 def run_sft_random(ctx: DemoContext, bases: Bases, seed: int) -> MethodResult:
@@ -161,9 +164,9 @@ def run_sft_random(ctx: DemoContext, bases: Bases, seed: int) -> MethodResult:
     chosen = [records[i] for i in sorted(idx)]
     ctx.data[f"sft_random_s{seed}"] = {"kept": n, "kept_truth": float(np.mean([r["truth"] for r in chosen]))}
     path = _write(ctx.data_file(f"sft_random_s{seed}.jsonl"), chosen, os.path.dirname(pool))
-    model = ctx.train(f"sft_random_s{seed}", "sft", path, p.sft_steps, p.sft_lr,
+    model = ctx.train(f"sft_random_s{seed}", "sft", path, p.align2_sft_steps, p.sft_lr,
                       **{"model.path": bases.caption, "model.train_vision": True, "seed": seed})
-    return MethodResult(model, n, sft_steps=p.sft_steps)
+    return MethodResult(model, n, sft_steps=p.align2_sft_steps)
 
 
 # ---------------------------------------------------------------------------------------------- AMP / MDPO

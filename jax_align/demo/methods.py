@@ -40,6 +40,7 @@ class Method:
     departures: tuple[str, ...]
     run: Callable[[DemoContext, Bases, int], MethodResult]
     hallucination: bool = True  # targets hallucination (the goal of issue 17 item 4 applies)
+    baseline: str = "sft"  # what its goal is judged against
 
 
 # ---------------------------------------------------------------------------------------------- shared data
@@ -166,7 +167,8 @@ def methods() -> dict[str, Method]:
         Method("align2", "Align²LLaVA curation", "§3.1-3.3", "question and answer reward models trained from the "
                "SFT model on the world's scored candidates", "keep 30% per instruction type, SFT from the base",
                ("the pool is the world's SFT data with a fraction of machine-style errors (no GPT data here)",
-                "no inner-LLM rewrite (the world's answers are already in the model's manner)"), run_align2),
+                "no inner-LLM rewrite (the world's answers are already in the model's manner)"), run_align2,
+               baseline="sft_random"),
         Method("sft_random", "SFT on as many uncurated records (Align² control)", "§3.3", "none",
                "the same number of records as align2, drawn at random from the same pool, same SFT", (),
                run_sft_random, hallucination=False),

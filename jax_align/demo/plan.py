@@ -2,9 +2,10 @@
 
 Budget rule (issue 17): every preference method starts from the same SFT model and gets the same optimizer budget,
 ``pref_steps`` steps of ``pref_batch`` preference examples (pairs, or groups for MDPO), so at most
-``pref_steps x pref_batch`` preference records; the offline methods generate exactly that many records (fewer when
-a recipe drops some: reported), the online methods sample that many prompts over their rounds. EACO's extra SFT
-stage and Align²LLaVA's SFT are SFT budgets (``eaco_sft_steps``, ``sft_steps``), reported as cost beside them.
+``pref_steps x pref_batch`` preference examples; the offline methods generate ``pref_records`` (that over
+``pref_epochs``; fewer when a recipe drops some, or far fewer where each costs many generations: EACO; reported),
+the online methods draw their prompts from as many records. EACO's extra SFT stage and Align²LLaVA's SFT (and its
+control's) are SFT budgets (``eaco_sft_steps``, ``align2_sft_steps``), reported as cost beside them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ class DemoPlan:
     # ---- the shared preference budget (see the module docstring)
     pref_steps: int = 300
     pref_batch: int = 32
-    pref_lr: float = 3e-4
+    pref_epochs: int = 1  # each offline record seen once (2 epochs on half the pairs cost DPO 5 VQA points)
+    pref_lr: float = 1.5e-4  # 3e-4 (300 steps) cut CHAIR_i more but cost DPO 2.0 VQA points; 1.5e-4: 0.5
     beta: float = 0.1  # every DPO-family method: TRL's / the papers' default
     sft_weight: float = 1.0  # the chosen answer's NLL beside DPO (RPO, MM-DPO's gamma, MDPO's anchor)
     # ---- BDHS (spec §2.2): prompts from the training world
@@ -52,12 +54,15 @@ class DemoPlan:
     rm_lr: float = 1e-3
     rm_groups: int = 0  # 0: every scene of the training world
     keep: float = 0.3
+    align2_pool: int = 16000  # records of the noisy instruction pool (of the world's 5 per scene)
+    align2_noise: float = 0.3  # fraction of the pool corrupted (machine-generated errors)
+    align2_sft_steps: int = 300  # SFT from the captioning model, for the curated data and its random control
     # ---- MM-RLHF (spec §4)
-    critique_rm_steps: int = 200
+    critique_rm_steps: int = 120
     critique_rm_lr: float = 5e-4
     critique_tokens: int = 40  # the reward model's critique of each answer before it scores it
     # ---- AMP (spec §5)
-    amp_records: int = 2400
+    amp_records: int = 1800
     amp_parts: int = 2  # IG: K - 2 cumulative parts (K = 4 levels: standard, M_2 = the SFT model, M_1, base)
     # ---- shapes
     max_length: int = 128  # captions, SFT and pairs: a prefix-shared pair fits (99.9% of groups whole)
@@ -69,13 +74,15 @@ class DemoPlan:
 
     @property
     def pref_records(self) -> int:
-        return self.pref_steps * self.pref_batch
+        """Preference records an offline method generates: ``pref_steps x pref_batch / pref_epochs``."""
+        return max(self.pref_batch, self.pref_steps * self.pref_batch // self.pref_epochs)
 
 
 QUICK = DemoPlan(train_scenes=40, eval_scenes=24, eval_detail_scenes=8, caption_steps=4, sft_steps=4, batch_size=8,
                  pref_steps=4, pref_batch=4, online_every=2, critic_steps=3, critic_groups=16, eaco_samples=3,
                  eaco_sft_steps=2, eaco_sft_records=8, rm_question_steps=3, rm_answer_steps=3, rm_groups=16,
-                 critique_rm_steps=3, amp_records=8, eval_batch=16, caption_tokens=24, online_max_new_tokens=16,
+                 critique_rm_steps=3, align2_pool=60, align2_sft_steps=4, amp_records=8, eval_batch=16,
+                 caption_tokens=24, online_max_new_tokens=16,
                  critique_tokens=16, max_length=96, buckets=(96,), group_max_length=192)
 
 

@@ -47,25 +47,32 @@ def summarize(results: dict) -> dict:
     return out
 
 
-def compare(summary: dict, hallucination: dict[str, bool]) -> dict:
-    """Change of each method against SFT, the goal's three checks and whether each change is within noise (the
-    method's seed spread: |change| <= 2 std; with one seed nothing can be called noise)."""
-    base = {k: v["mean"] for k, v in summary["sft"].items()}
+def compare(summary: dict, hallucination: dict[str, bool], baselines: dict[str, str] | None = None) -> dict:
+    """Change of each method against its baseline (SFT unless ``baselines`` names another row, e.g. Align²'s
+    uncurated control), the goal's three checks and whether each change is within noise (the method's seed
+    spread: |change| <= 2 std; with one seed nothing can be called noise)."""
     out = {}
     for name, s in summary.items():
         if name == "sft":
             continue
+        against = (baselines or {}).get(name, "sft")
+        against = against if against in summary else "sft"
+        base = {k: v["mean"] for k, v in summary[against].items()}
         mean = {k: v["mean"] for k, v in s.items()}
         std = {k: v["std"] for k, v in s.items()}
 
-        def rel(k, mean=mean):
+        def rel(k, mean=mean, base=base):
             return (mean[k] - base[k]) / base[k] if base.get(k) and mean.get(k) is not None else None
 
         noise = {k: (s[k]["n"] > 1 and abs(mean[k] - base[k]) <= 2 * std[k]) for k in ("chair_i",
                  "pope_adversarial_fpr", "vqa") if mean.get(k) is not None and base.get(k) is not None}
-        entry = {"chair_i_rel": rel("chair_i"), "pope_adv_fpr_rel": rel("pope_adversarial_fpr"),
+        entry = {"baseline": against, "chair_i_rel": rel("chair_i"), "pope_adv_fpr_rel": rel("pope_adversarial_fpr"),
                  "vqa_delta_points": 100 * (mean["vqa"] - base["vqa"]), "within_noise": noise}
         entry["goal"] = goal_check(entry) if hallucination.get(name, True) else {"verdict": "n/a (a control)"}
+        sft = {k: v["mean"] for k, v in summary["sft"].items()}
+        entry["vs_sft"] = {k: (mean[b] - sft[b]) / sft[b] if sft.get(b) and mean.get(b) is not None else None
+                           for k, b in (("chair_i_rel", "chair_i"), ("pope_adv_fpr_rel", "pope_adversarial_fpr"))}
+        entry["vs_sft"]["vqa_delta_points"] = 100 * (mean["vqa"] - sft["vqa"])
         out[name] = entry
     return out
 
@@ -83,10 +90,11 @@ def goal_check(rel: dict | None) -> dict:
 
 
 def ranking(comparison: dict) -> list[str]:
-    """Methods that keep VQA within the tolerance first, by the mean of their relative cuts of CHAIR_i and of
-    the adversarial false-positive rate (larger cut first); then the others by the same key."""
+    """On common ground (every method against the SFT model): methods that keep VQA within the tolerance first, by
+    the mean of their relative cuts of CHAIR_i and of the adversarial false-positive rate (larger cut first); then
+    the others by the same key."""
     def key(name):
-        c = comparison[name]
+        c = comparison[name].get("vs_sft", comparison[name])
         cut = -((c["chair_i_rel"] or 0) + (c["pope_adv_fpr_rel"] or 0)) / 2
         return (c["vqa_delta_points"] < -VQA_TOLERANCE, -cut)
 
@@ -154,7 +162,8 @@ def _plots(ctx, summary: dict, names: list[str]) -> list[str]:
 def write_report(ctx, results: dict, methods: dict, seeds: list[int]) -> dict:
     names = ["sft"] + [n for n in results if n != "sft"]
     summary = summarize(results)
-    comparison = compare(summary, {n: methods[n].hallucination for n in methods})
+    comparison = compare(summary, {n: methods[n].hallucination for n in methods},
+                         {n: methods[n].baseline for n in methods})
     order = ranking({n: c for n, c in comparison.items() if methods[n].hallucination})
     report = {"settings": {"seed": ctx.seed, "seeds": seeds, "plan": _plan(ctx.plan)}, "metrics": results,
               "summary": summary, "relative_to_sft": comparison, "ranking": order, "data": ctx.data,
@@ -208,11 +217,12 @@ def _markdown(ctx, report: dict, names: list[str], seeds: list[int]) -> list[str
              *_main_table(summary, names, report["metrics"]), "",
              "`steps` is preference + SFT optimizer steps; `records` the preference (or curated SFT) records the method"
              " generated; CPU minutes of this process (data, training, export and evaluation).", "",
-             "## Against SFT", "",
-             "Relative change of CHAIR_i and the adversarial false-positive rate (negative is better), VQA in points. "
-             "Goal (issue 17): both below SFT and VQA at most 1 point lower. `noise` marks a change within two seed "
-             "standard deviations.", ""]
-    head = ["method", "CHAIR_i", "POPE-adv FPR", "VQA (points)", "goal", "detail"]
+             "## Against the baseline", "",
+             "Relative change of CHAIR_i and the adversarial false-positive rate (negative is better), VQA in points, "
+             "against SFT (Align²LLaVA: against SFT on as many uncurated records, its control). "
+             "Goal (issue 17): both below the baseline and VQA at most 1 point lower. `noise` marks a change within "
+             "two seed standard deviations.", ""]
+    head = ["method", "against", "CHAIR_i", "POPE-adv FPR", "VQA (points)", "goal", "detail"]
     failed = {n: [c["failed"] for c in report["metrics"][n].get("cost", {}).values() if c.get("failed")]
               for n in names}
     rows = []
@@ -221,12 +231,14 @@ def _markdown(ctx, report: dict, names: list[str], seeds: list[int]) -> list[str
         f = lambda v: "n/a" if v is None else f"{100 * v:+.1f}%"  # noqa: E731
         noise = c["within_noise"]
         tag = lambda k, noise=noise: " (noise)" if noise.get(k) else ""  # noqa: E731
-        rows.append([n, f(c["chair_i_rel"]) + tag("chair_i"), f(c["pope_adv_fpr_rel"]) + tag("pope_adversarial_fpr"),
+        rows.append([n, c["baseline"], f(c["chair_i_rel"]) + tag("chair_i"),
+                     f(c["pope_adv_fpr_rel"]) + tag("pope_adversarial_fpr"),
                      f"{c['vqa_delta_points']:+.1f}" + tag("vqa"), c["goal"]["verdict"],
                      "; ".join(filter(None, [c["goal"].get("detail", ""), *failed.get(n, [])]))])
     lines += _table(head, rows)
-    lines += ["", "Ranking (methods that keep VQA within 1 point first, then by the mean relative cut of CHAIR_i and "
-              "the adversarial FPR): " + " > ".join(report["ranking"]), "", "## VQA per category", ""]
+    lines += ["", "Ranking against the SFT model (methods that keep VQA within 1 point first, then by the mean "
+              "relative cut of CHAIR_i and the adversarial FPR): " + " > ".join(report["ranking"]), "",
+              "## VQA per category", ""]
     cats = sorted(k for k in summary["sft"] if k.startswith("accuracy_"))
     lines += _table(["method"] + [c.removeprefix("accuracy_") for c in cats],
                     [[n] + [_pct(summary[n].get(c)) for c in cats] for n in names])
@@ -236,8 +248,9 @@ def _markdown(ctx, report: dict, names: list[str], seeds: list[int]) -> list[str
                      for n, m in report["methods"].items()])
     lines += ["", "Budget rule: every preference method starts from the SFT model with "
               f"{plan['pref_steps']} optimizer steps of {plan['pref_batch']} examples (lr {plan['pref_lr']}, beta "
-              f"{plan['beta']}); Align²LLaVA and its control fine-tune the captioning model for {plan['sft_steps']} "
-              "SFT steps, as the SFT model was; EACO adds its description-infused SFT stage "
+              f"{plan['beta']}); Align²LLaVA and its control fine-tune the captioning model for "
+              f"{plan['align2_sft_steps']} SFT steps on their {plan['align2_pool']}-record pool's selections; "
+              "EACO adds its description-infused SFT stage "
               f"({plan['eaco_sft_steps']} steps).", "", "## Data", "", "```",
               json.dumps(ctx.data, indent=2, sort_keys=True, default=str), "```", "", "## Settings", "", "```",
               json.dumps(plan, indent=2), "```", "", "## Time (seconds: wall, CPU of this process)", "", "```",

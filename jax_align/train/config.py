@@ -32,7 +32,7 @@ def _f(default, help_text: str):
 class RunConfig:
     dir: str = _f("runs/default", "run directory: checkpoints, metrics.jsonl, TensorBoard events, config.yaml")
     stage: str = _f("dpo", "the training stage, one of jax_align.train.stages.STAGES: sft | critic | "
-                    "critique_reward | reward | dpo | mmdpo | mdpo | online_dpo | mixed_dpo")
+                    "critique_reward | reward | dpo | mmdpo | mdpo | online_dpo | mixed_dpo | avg_dpo")
     seed: int = _f(0, "seed for parameter init, data order and dropout")
 
 

@@ -68,10 +68,12 @@ def resolve_world_inputs(cfg: Config) -> Config:
 
 def make_annotator(cfg: Config):
     """The annotator of an online stage from ``online.annotator``: ``world:DIR`` (ground truth; ``world`` alone
-    means the run's own world) or ``reward:MODEL``; ``None`` for other stages."""
+    means the run's own world) or ``reward:MODEL``; ``None`` for other stages and for Online-BDHS without one."""
     if not get_stage(cfg.run.stage).online:
         return None
     spec = cfg.online.annotator or ("world" if cfg.data.world else "")
+    if not spec and cfg.online.rejected == "bdhs":
+        return None  # Online-BDHS makes its pairs without an annotator (spec §2.2); one, if given, only logs
     kind, _, arg = spec.partition(":")
     if kind == "world":
         from jax_align.world.annotator import WorldAnnotator
