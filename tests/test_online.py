@@ -148,9 +148,10 @@ def test_reward_model_annotator_scores_samples_of_records_from_another_directory
 
 def test_online_bdhs_pairs_are_the_record_answer_against_the_masked_policy(base):
     """online.rejected=bdhs (spec §2.2) on SFT data: chosen = the record's answer, rejected = the policy's BDHS
-    answer (image attention masked, rho_th 0.99, guided sentence continuations)."""
+    answer (image attention masked, rho_th 0.99, guided sentence continuations); it needs no annotator."""
+    assert make_annotator(_config(base, "x", "online_dpo", "online.rejected=bdhs", "online.annotator=")) is None
     _, run = _online(base, "online_bdhs", "online_dpo", 1, "online.rejected=bdhs", "online.every=1",
-                     "online.bdhs_attempts=1", "checkpoint.every=100")
+                     "online.bdhs_attempts=1", "checkpoint.every=100", "online.annotator=")
     rows = _read(os.path.join(run, "online", "round_00000.jsonl"))
     with open(os.path.join(run, "online", "round_00000.jsonl.stats.json")) as f:
         stats = json.load(f)

@@ -325,7 +325,7 @@ class Trainer:
         from .online import OnlineIterator, OnlineRounds, online_pipeline_config
 
         cfg = self.cfg
-        if self.annotator is None:
+        if self.annotator is None and cfg.online.rejected != "bdhs":  # Online-BDHS pairs need no annotator
             raise ConfigError(f"run.stage={stage.name} needs an annotator: set online.annotator (world:DIR or "
                               f"reward:MODEL)")
 
