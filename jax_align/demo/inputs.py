@@ -57,6 +57,21 @@ def bdhs_prompts(world_dir: str, n: int, seed: int, existence_fraction: float, v
     return take(caps, n - n_exist - n_vqa, rng) + existence + take(vqa, n_vqa, rng)
 
 
+QUESTION_KINDS = (("What color", "color"), ("What shape", "shape"), ("What size", "size"), ("How many", "count"),
+                  ("Where is", "position"))
+
+
+def _finer_type(record: dict) -> str:
+    """The curation's instruction type: LLaVA's three (detail / conversation / complex_reasoning), with the world's
+    short questions split by what they ask, so that keeping 30% per type keeps every kind of question (with one
+    ``complex_reasoning`` type the question RM kept position and count questions only and the curated model never
+    learned colours, shapes or sizes)."""
+    if record.get("type") != "complex_reasoning":
+        return record.get("type", "all")
+    question = record["conversations"][0]["value"].split("\n")[-1]
+    return next((f"vqa_{kind}" for prefix, kind in QUESTION_KINDS if question.startswith(prefix)), "complex_reasoning")
+
+
 def noisy_instruct(world_dir: str, noise: float, seed: int) -> tuple[list[dict], dict]:
     """Align²LLaVA's input: machine-generated instruction data, some of it wrong (spec §3.1). The world's SFT
     conversations with a ``type`` (detail / conversation / complex_reasoning, ``align2_instruct.jsonl``), a
@@ -75,7 +90,7 @@ def noisy_instruct(world_dir: str, noise: float, seed: int) -> tuple[list[dict],
             wrong[rec["image"]] = rec["responses"][1:]
     out, counts = [], {"records": 0, "corrupted": 0}
     for rec in read_jsonl(path):
-        rec = {**rec, "truth": 1}
+        rec = {**rec, "truth": 1, "type": _finer_type(rec)}
         turns = rec["conversations"]
         answer = turns[1]["value"]
         if rng.random() < noise:

@@ -167,7 +167,9 @@ def methods() -> dict[str, Method]:
         Method("align2", "Align²LLaVA curation", "§3.1-3.3", "question and answer reward models trained from the "
                "SFT model on the world's scored candidates", "keep 30% per instruction type, SFT from the base",
                ("the pool is the world's SFT data with a fraction of machine-style errors (no GPT data here)",
-                "no inner-LLM rewrite (the world's answers are already in the model's manner)"), run_align2,
+                "no inner-LLM rewrite (the world's answers are already in the model's manner)",
+                "instruction types: detail, conversation, and the world's short questions by kind (colour, shape, "
+                "size, count, position) instead of one complex_reasoning type"), run_align2,
                baseline="sft_random"),
         Method("sft_random", "SFT on as many uncurated records (Align² control)", "§3.3", "none",
                "the same number of records as align2, drawn at random from the same pool, same SFT", (),
