@@ -40,8 +40,10 @@ def test_quick_demo_outputs(tmp_path):
     for name in METHODS:
         chair = report["metrics"][name]["seeds"]["0"]["chair"]["chair_i"]
         assert report["summary"][name]["chair_i"]["mean"] == pytest.approx(chair)
-        rel = report["relative_to_sft"][name]["chair_i_rel"]
+        rel = report["relative_to_sft"][name]["vs_sft"]["chair_i_rel"]
         assert rel is None if not sft_chair else rel == pytest.approx((chair - sft_chair) / sft_chair)
+    assert report["relative_to_sft"]["align2"]["baseline"] == "sft_random"  # Align² is judged against its control
+    assert report["relative_to_sft"]["dpo"]["baseline"] == "sft"
     assert sorted(report["ranking"]) == sorted(n for n in METHODS if report["methods"][n]["targets_hallucination"])
     assert report["data"]["bdhs_s0"]["pairs"] > 0
     for plot in report["plots"]:
