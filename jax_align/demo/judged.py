@@ -37,14 +37,14 @@ def _write(path: str, records: list[dict], base: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- EACO
 def run_eaco(ctx: DemoContext, bases: Bases, seed: int) -> MethodResult:
-    """Critic from the SFT model on the world's scored captions (the ``critic`` stage, §1.3); 5 samples per image
-    judged by it, chosen = argmax, rejected = argmin (§1.2); DPO (§1.4); the DPO model describes SFT images and
-    the described records fine-tune it (§1.2 step 7, §1.5)."""
+    """A generative critic from the SFT model (the ``critic`` stage on the world's candidate captions, §1.3); 5
+    samples per image judged by it, chosen = argmax, rejected = argmin, all-equal groups dropped (§1.2); DPO
+    (§1.4); the DPO model describes SFT images and the described records fine-tune it (§1.2 step 7, §1.5)."""
     from jax_align.generate import Generator
     from jax_align.recipes.eaco import EACOConfig, build_pairs, describe_records
+    from jax_align.world.judges import train_world_critic
 
     p = ctx.plan
-    from jax_align.world.judges import train_world_critic
 
     # the critic's data: fresh candidate captions per training scene, target "score: N" with N = 5 - hallucinated
     # objects (jax_align.world.critiques.write_critic_data); it starts from the SFT model, which sees the images
@@ -90,8 +90,9 @@ def run_eaco(ctx: DemoContext, bases: Bases, seed: int) -> MethodResult:
 
 
 def _truth_gap(ctx: DemoContext, pairs: list[dict]) -> dict:
-    """CHAIR_i of the chosen and of the rejected answers against the training world's truth (a check of the
-    critic's direction; the method never reads it)."""
+    """How often the chosen answer is better (worse) than the rejected one by the training world's truth (the
+    world annotator's score: recall minus hallucinated objects): a check of the critic's direction that the method
+    never reads."""
     from jax_align.world.annotator import WorldAnnotator
 
     ann = WorldAnnotator(ctx.train_world)
