@@ -260,3 +260,41 @@ def test_tokenizer_round_trip_and_chat_template(world):
     # The answer's tokens are the same whether it is encoded in context or alone with its leading space.
     full_ids = tok.encode(full)
     assert full_ids[-3:] == tok.encode(" Two.") + [tok.eos_token_id]
+
+
+def test_critique_candidate_pairs_prefer_fewer_hallucinated_objects(world, tmp_path):
+    """MM-RLHF's reward-model data from a world (``world.critiques.critique_candidate_pairs``): every caption pair's
+    chosen answer mentions fewer objects the image lacks than its rejected one (counted the eval's way), the
+    rejected critique names them ("There is no ..."), and every yes/no group becomes a right-vs-wrong pair."""
+    from jax_align.eval.metrics import SceneObjects
+    from jax_align.eval.parsers import extract_mentions
+    from jax_align.world.critiques import critique_candidate_pairs
+    from jax_align.world.datasets import load_world_config, read_jsonl
+
+    out = tmp_path / "pairs.jsonl"
+    n = critique_candidate_pairs(str(world), str(out), seed=1)
+    rows = read_jsonl(str(out))
+    assert n == len(rows) > 0
+    config = load_world_config(str(world))
+    words = {s: s for s in config.shapes} | {config.plural(s): s for s in config.shapes}
+    scenes = {os.path.basename(s["image"]): SceneObjects.from_record(s["objects"])
+              for s in read_jsonl(os.path.join(world, "scenes.jsonl"))}
+    wrong = lambda text, scene: sum(not scene.has(m) for m in extract_mentions(text, words, config.colors))  # noqa
+    captions = [r for r in rows if (r["chosen_reason"], r["rejected_reason"]) != ("Yes.", "No.")]
+    yes_no = [r for r in rows if r not in captions]
+    exist = [r for r in read_jsonl(os.path.join(world, "reward.jsonl")) if r["id"].endswith("-exist")]
+    assert len(yes_no) == len(exist)
+    assert captions
+    for r in captions:
+        scene = scenes[os.path.basename(r["image"])]
+        assert wrong(r["chosen"], scene) < wrong(r["rejected"], scene)
+        assert "There is no" in r["rejected_reason"]
+        assert (tmp_path / r["image"]).is_file()
+
+
+def test_even_buckets():
+    from jax_align.data.buckets import even_buckets
+
+    assert even_buckets(128) == [32, 64, 96, 128]
+    assert even_buckets(288) == [96, 192, 288]
+    assert even_buckets(20) == [20]

@@ -21,3 +21,10 @@ def bucket_for(length: int, buckets: Sequence[int]) -> int:
         if length <= b:
             return b
     raise ValueError(f"a row of {length} tokens is longer than the largest bucket {buckets[-1]}")
+
+
+def even_buckets(max_length: int, n: int = 4) -> list[int]:
+    """``n`` evenly spaced length buckets up to ``max_length`` (multiples of 32, ``max_length`` itself last): one
+    compile per bucket, and short rows stop paying for long ones."""
+    step = max(32, -(-max_length // n // 32) * 32)
+    return sorted({min(max_length, step * i) for i in range(1, n + 1)} | {max_length})

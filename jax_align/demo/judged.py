@@ -9,10 +9,10 @@ import sys
 
 import numpy as np
 
+from jax_align.data.buckets import even_buckets
 from jax_align.demo.base import DemoContext
 from jax_align.demo.inputs import caption_subset, noisy_instruct
 from jax_align.demo.methods import Bases, MethodResult, _count, _dpo_overrides
-from jax_align.demo.plan import buckets_to
 
 
 def cli(*argv: str) -> None:
@@ -84,7 +84,7 @@ def run_eaco(ctx: DemoContext, bases: Bases, seed: int) -> MethodResult:
     described = ctx.timed(f"eaco describe (seed {seed})", describe_stage)
     final = ctx.train(f"eaco_sft_s{seed}", "sft", described, p.eaco_sft_steps, p.pref_lr,
                       **{"model.path": dpo, "seed": seed, "data.max_length": p.group_max_length,
-                         "data.buckets": buckets_to(p.group_max_length)})
+                         "data.buckets": even_buckets(p.group_max_length)})
     return MethodResult(final, _count(pairs), pref_steps=p.pref_steps, sft_steps=p.eaco_sft_steps,
                         data={"critic_steps": p.critic_steps})
 
@@ -219,5 +219,5 @@ def run_mdpo_amp(ctx: DemoContext, bases: Bases, seed: int) -> MethodResult:
     model = ctx.train(f"mdpo_amp_s{seed}", "mdpo", checked, p.pref_steps, p.pref_lr,
                       **_dpo_overrides(ctx, bases, seed, **{"ref.mode": "cached", "data.num_responses": 4,
                                                             "data.max_length": p.group_max_length,
-                                                            "data.buckets": buckets_to(p.group_max_length)}))
+                                                            "data.buckets": even_buckets(p.group_max_length)}))
     return MethodResult(model, _count(checked), pref_steps=p.pref_steps)

@@ -84,9 +84,3 @@ QUICK = DemoPlan(train_scenes=40, eval_scenes=24, eval_detail_scenes=8, caption_
                  critique_rm_steps=3, align2_pool=60, align2_sft_steps=4, amp_records=8, eval_batch=16,
                  caption_tokens=24, online_max_new_tokens=16,
                  critique_tokens=16, max_length=96, buckets=(96,), group_max_length=192)
-
-
-def buckets_to(max_length: int) -> list[int]:
-    """Four evenly spaced length buckets up to ``max_length`` (multiples of 32)."""
-    step = max(32, -(-max_length // 4 // 32) * 32)
-    return sorted({min(max_length, step * i) for i in range(1, 5)} | {max_length})

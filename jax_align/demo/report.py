@@ -8,6 +8,7 @@ judged per method from these numbers; a ranking.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -165,7 +166,7 @@ def write_report(ctx, results: dict, methods: dict, seeds: list[int]) -> dict:
     comparison = compare(summary, {n: methods[n].hallucination for n in methods},
                          {n: methods[n].baseline for n in methods})
     order = ranking({n: c for n, c in comparison.items() if methods[n].hallucination})
-    report = {"settings": {"seed": ctx.seed, "seeds": seeds, "plan": _plan(ctx.plan)}, "metrics": results,
+    report = {"settings": {"seed": ctx.seed, "seeds": seeds, "plan": dataclasses.asdict(ctx.plan)}, "metrics": results,
               "summary": summary, "relative_to_sft": comparison, "ranking": order, "data": ctx.data,
               "timings_s": ctx.timings, "cpu_s": ctx.cpu,
               "methods": {n: {"title": m.title, "spec": m.spec, "judge": m.judge, "settings": m.settings,
@@ -180,12 +181,6 @@ def write_report(ctx, results: dict, methods: dict, seeds: list[int]) -> dict:
         f.write("\n".join(lines))
     ctx.log("\n".join(_main_table(summary, names, results)))
     return report
-
-
-def _plan(plan) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(plan)
 
 
 def _main_table(summary: dict, names: list[str], results: dict) -> list[str]:

@@ -86,11 +86,11 @@ def train_judge(stage: str, model: str, data: str, run_dir: str, *, steps: int, 
     the SFT model's vision tower trained too); returns the run's model directory."""
     import json as _json
 
+    from jax_align.data.buckets import even_buckets
     from jax_align.train.config import load_config
     from jax_align.train.trainer import Trainer
 
-    step = max(32, -(-max_length // 4 // 32) * 32)
-    buckets = sorted({min(max_length, step * i) for i in range(1, 5)} | {max_length})
+    buckets = even_buckets(max_length)
     overrides = {"run.dir": run_dir, "run.stage": stage, "run.seed": seed, "model.path": model,
                  "model.train_vision": True, "data.train": data, "data.max_length": max_length,
                  "data.buckets": buckets, "data.batch_size": batch_size, "data.allow_absolute_paths": True,
