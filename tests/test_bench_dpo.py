@@ -21,7 +21,7 @@ def test_bench_dpo_smallest_size(tmp_path):
                        capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path))
     assert p.returncode == 0, p.stderr[-3000:]
     text = p.stdout
-    for word in ("pairs/s", "tokens/s", "peak MB", "% peak", "FLOPs per step", "bucket 64", "load average"):
+    for word in ("pairs/s", "tokens/s", "peak MB", "% peak", "FLOPs per step", "bucket used 64", "load average"):
         assert word in text, word
     report = json.loads(out.read_text())
     sides = report["sides"]

@@ -121,10 +121,10 @@ def side_config(a, root: str, side: str):
     """The jax-align config both jax sides train with (also what the TRL side mirrors)."""
     from jax_align.train.config import load_config
 
-    bucket = a.bucket or a.max_length
     overrides = [f"run.dir={os.path.join(root, 'run_' + side)}", "run.stage=dpo", f"run.seed={a.seed}",
                  f"model.path={os.path.join(root, 'model')}", f"data.train={os.path.join(root, 'data', 'pairs.jsonl')}",
-                 f"data.batch_size={a.pairs}", f"data.max_length={a.max_length}", f"data.buckets=[{bucket}]",
+                 f"data.batch_size={a.pairs}", f"data.max_length={a.max_length}",
+                 f"data.buckets=[{a.bucket or ''}]",  # [] = jax-align's default ladder
                  "data.shuffle=false", "data.format=pairwise", f"optim.lr={a.lr}", "optim.schedule=constant",
                  "optim.weight_decay=0.0", "optim.clip=1.0", "optim.grad_accum=1", "loss.beta=0.1",
                  "loss.loss_type=sigmoid", f"train.steps={10 ** 6}", "model.compute_dtype=float32",
@@ -154,6 +154,7 @@ def jax_worker(a, root: str, side: str) -> None:
     import jax
 
     from jax_align.compile_cache import enable_compilation_cache
+    from jax_align.data.buckets import resolve_buckets
     from jax_align.data.pipeline import DataConfig, DataPipeline
     from jax_align.sharding import make_mesh, rules_from_config, use_rules
     from jax_align.train.optim import build_optimizer
@@ -169,9 +170,9 @@ def jax_worker(a, root: str, side: str) -> None:
     trainer = Trainer(cfg)
     model_dir = cfg.model.path
     config, model = trainer._model(model_dir)
-    bucket = cfg.data.buckets[0]
     dcfg = DataConfig(path=cfg.data.train, format="pairwise", model_dir=model_dir, batch_size=a.pairs,
-                      buckets=(bucket,), max_length=cfg.data.max_length, layout=cfg.data.layout, seed=cfg.run.seed,
+                      buckets=resolve_buckets(cfg.data.buckets, cfg.data.max_length),
+                      max_length=cfg.data.max_length, layout=cfg.data.layout, seed=cfg.run.seed,
                       shuffle=False, num_epochs=None, drop_remainder=True)
     ref_seconds = 0.0
     table = None
@@ -229,11 +230,13 @@ def trl_batches(a, root: str):
     ``pixel_values`` (each pair's image for both of its rows)."""
     import torch
 
+    from jax_align.data.buckets import resolve_buckets
     from jax_align.data.pipeline import DataConfig, DataPipeline
 
     cfg = side_config(a, root, "trl")
     pipe = DataPipeline(DataConfig(path=cfg.data.train, format="pairwise", model_dir=cfg.model.path,
-                                   batch_size=a.pairs, buckets=(cfg.data.buckets[0],),
+                                   batch_size=a.pairs, buckets=resolve_buckets(cfg.data.buckets,
+                                                                               cfg.data.max_length),
                                    max_length=cfg.data.max_length, shuffle=False))
     groups = [pipe.processor((0, pipe.source[i])) for i in range(a.pairs)]
     rows, masks, pixels = [], [], []
@@ -391,8 +394,8 @@ def parse_args(argv=None):
     p.add_argument("--alternate", action="store_true", help="one step per side in turn (default: side by side "
                    "blocks of all steps)")
     p.add_argument("--max-length", type=int, default=512, help="jax-align data.max_length (the default 512)")
-    p.add_argument("--bucket", type=int, default=0, help="jax-align's length bucket (default: data.max_length, "
-                   "jax-align's default: every row padded to it)")
+    p.add_argument("--bucket", type=int, default=0, help="force one jax-align length bucket (default: jax-align's "
+                   "default ladder, data.buckets.default_buckets(--max-length))")
     p.add_argument("--prompt-words", type=int, default=40)
     p.add_argument("--response-words", type=int, default=40)
     p.add_argument("--lr", type=float, default=1e-5)
@@ -444,11 +447,16 @@ def main(argv=None) -> int:
 def summarise(a, facts, peak, sides, load0, load1) -> dict:
     params = facts["params"]
     best = max(peak.values())
-    bucket = a.bucket or a.max_length
+    from jax_align.data.buckets import resolve_buckets
+
+    ladder = resolve_buckets([a.bucket] if a.bucket else [], a.max_length)
+    used = sorted({s.info["row_length"] for s in sides if s.name != "trl"})
     print(f"bench_dpo: config {a.config} ({params / 1e6:.1f}M parameters, {facts['size']['layers']} decoder "
           f"layers, hidden {facts['size']['hidden']}), {a.pairs} pairs/step, fp32, sigmoid DPO beta 0.1, AdamW "
           f"lr {a.lr:g}, clip 1.0; {a.steps} timed steps per side{' alternating' if a.alternate else ''}")
-    print(f"jax-align: data.max_length {a.max_length}, bucket {bucket}; load average "
+    print(f"jax-align: data.max_length {a.max_length}, buckets {list(ladder)}"
+          f"{' (forced by --bucket)' if a.bucket else ' (the default ladder)'}, bucket used "
+          f"{'/'.join(map(str, used)) or '-'}; load average "
           f"{load0[0]:.2f} before, {load1[0]:.2f} after ({os.cpu_count()} CPUs)")
     print(f"matmul peak (fp32 {a.matmul_n}^2): JAX {peak['jax']:.1f} GFLOP/s, torch {peak['torch']:.1f} GFLOP/s")
     print("cpu s: CPU-seconds per step (all threads); thr: threads doing >= 10% of the side's CPU work")
@@ -458,7 +466,8 @@ def summarise(a, facts, peak, sides, load0, load1) -> dict:
               f"{'GFLOP/s':>9}{'% peak':>8}"
               f"{'peak MB':>9}{'tokens':>8}{'rows x len':>12}{'loss1':>9}{'loss2':>9}{'logp_c1':>10}{'first s':>9}")
     print(header)
-    out = {"config": a.config, "params": params, "pairs": a.pairs, "max_length": a.max_length, "bucket": bucket,
+    out = {"config": a.config, "params": params, "pairs": a.pairs, "max_length": a.max_length,
+           "buckets": list(ladder), "bucket": used[0] if len(used) == 1 else used,
            "load_before": load0, "load_after": load1, "matmul_gflops": peak, "sides": {}}
     for s in sides:
         info = s.info

@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "score each answer with its critique")
     m.add_argument("--max-critique-tokens", type=int, default=256)
     m.add_argument("--batch-size", type=int, default=16)
-    m.add_argument("--buckets", default="256,512,1024", help="comma-separated sequence-length buckets")
+    m.add_argument("--buckets", default="", help="comma-separated sequence-length buckets (default: powers of two "
+                   "from 128 up to 1024)")
     m.add_argument("--allow-absolute-paths", action="store_true",
                    help="accept image paths outside the input file's directory (absolute or ../)")
     for module_name in RECIPE_MODULES:  # each recipe module adds its sub-commands (its own file, its own args)
@@ -110,7 +111,7 @@ def run_margins(args) -> int:
     from jax_align.cli.errors import CommandError, located
 
     try:
-        buckets = tuple(int(b) for b in args.buckets.split(","))
+        buckets = tuple(int(b) for b in args.buckets.split(",") if b.strip()) or None  # None: the ladder
     except ValueError:
         raise CommandError(f"expected comma-separated integers, got {args.buckets!r}", field="--buckets") from None
     check_image_paths(args.input, read_jsonl(args.input), args.allow_absolute_paths)  # before any model is built

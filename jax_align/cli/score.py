@@ -16,8 +16,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default=None, choices=("sft", "pairwise", "ranked", "scored"),
                         help="record format (default: detected from the first record)")
     parser.add_argument("--batch-size", type=int, default=8, help="groups per batch")
-    parser.add_argument("--buckets", default="256,512,1024", help="sequence-length buckets, comma separated")
-    parser.add_argument("--max-length", type=int, default=None, help="truncation limit (default: largest bucket)")
+    parser.add_argument("--buckets", default="", help="sequence-length buckets, comma separated (default: powers "
+                        "of two from 128 up to --max-length, then --max-length)")
+    parser.add_argument("--max-length", type=int, default=None, help="truncation limit (default: the largest of "
+                        "--buckets, else 1024)")
     parser.add_argument("--layout", default="prefix_shared", choices=("prefix_shared", "naive"))
     parser.add_argument("--on-error", default="raise", choices=("raise", "skip"),
                         help="bad records: stop naming file, record and field (raise) or leave them unscored (skip)")
@@ -31,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from jax_align.train.score import score_file
 
-    buckets = tuple(int(b) for b in str(args.buckets).split(",") if b.strip())
+    buckets = tuple(int(b) for b in str(args.buckets).split(",") if b.strip()) or None  # None: the ladder
     s = score_file(args.model, args.input, args.output, reference=args.reference, fmt=args.format,
                    batch_size=args.batch_size, buckets=buckets, max_length=args.max_length, layout=args.layout,
                    on_error=args.on_error, max_new_tokens=args.max_new_tokens, progress=not args.no_progress,

@@ -29,16 +29,16 @@ def _rewards(model_dir: str, pairs_path: str, **kw) -> np.ndarray:
     return np.asarray([r.get("rewards", [np.nan, np.nan]) for r in rows], np.float32).reshape(len(rows), 2)
 
 
-def score_pairs(model_dir: str, pairs_path: str, *, batch_size: int = 16, buckets=(128, 256, 512),
+def score_pairs(model_dir: str, pairs_path: str, *, batch_size: int = 16, buckets=None,
                 critique_prompt: bool = False) -> np.ndarray:
     """Rewards ``[N, 2]`` (chosen, rejected) for the records of a pairwise file, in file order. For a
     critique-based model, ``critique_prompt=True`` scores with the records' own critiques (teacher forcing)."""
-    return _rewards(model_dir, pairs_path, batch_size=batch_size, buckets=tuple(buckets),
+    return _rewards(model_dir, pairs_path, batch_size=batch_size, buckets=buckets,
                     critiques="given" if critique_prompt else "generate")
 
 
 def score_pairs_with_critiques(model_dir: str, pairs_path: str, work_path: str, *, batch_size: int = 16,
-                               buckets=(256, 512, 1024), max_new_tokens: int = 256) -> np.ndarray:
+                               buckets=None, max_new_tokens: int = 256) -> np.ndarray:
     """Rewards ``[N, 2]`` from a critique-based reward model: its greedy critiques of both answers are
     written to ``work_path`` (kept for inspection), then each answer is scored with its critique."""
     from jax_align.train.score import generate_critiques

@@ -62,7 +62,8 @@ class DataConfig:
     format: str = _f("", "record format: sft | pairwise | ranked (default: from the stage)")
     layout: str = _f("prefix_shared", "prefix_shared (image+prompt encoded once per group) | naive")
     max_length: int = _f(512, "maximum tokens per row (image tokens included); longer rows are truncated")
-    buckets: list = _f([], "sequence-length buckets (default: max_length only); one compile per bucket")
+    buckets: list = _f([], "sequence-length buckets; one compile per bucket (default []: powers of two from "
+                       "128 up to max_length, then max_length, e.g. 128/256/512; see data.buckets.default_buckets)")
     batch_size: int = _f(8, "groups per optimizer step (global, across all devices)")
     shuffle: bool = _f(True, "shuffle every epoch (seeded by run.seed)")
     workers: int = _f(0, "Grain worker processes (0 = in-process)")

@@ -373,11 +373,11 @@ class RewardModelAnnotator:
     """A ``reward`` / ``critique_reward`` run's model as the annotator: the sample with the higher scalar reward
     is preferred (a critique-based model writes its greedy critique of each sample first, spec §4.2)."""
 
-    def __init__(self, model_dir: str, *, batch_size: int = 8, buckets=(256, 512, 1024)):
+    def __init__(self, model_dir: str, *, batch_size: int = 8, buckets=None):
         from .reward_head import load_head
 
         load_head(model_dir)  # fail now, naming the directory, if it has no head
-        self.model_dir, self.batch_size, self.buckets = model_dir, batch_size, tuple(buckets)
+        self.model_dir, self.batch_size, self.buckets = model_dir, batch_size, buckets  # None: score_file's ladder
         self.name = f"reward:{model_dir}"
 
     def annotate(self, records, samples):

@@ -137,8 +137,11 @@ def abstract_model(cfg: Config, config, stage: Stage):
 
 # ------------------------------------------------------------------------------------------------ batch
 def plan_length(cfg: Config) -> int:
-    """The row length the plan compiles: the largest bucket (the most memory), else ``data.max_length``."""
-    return int(max(cfg.data.buckets)) if cfg.data.buckets else int(cfg.data.max_length)
+    """The row length the plan compiles: the largest bucket (the most memory; the default ladder's is
+    ``data.max_length``)."""
+    from jax_align.data.buckets import resolve_buckets
+
+    return int(max(resolve_buckets(cfg.data.buckets, cfg.data.max_length)))
 
 
 def batch_shapes(cfg: Config, stage: Stage, model_dir: str, config, length: int) -> tuple[dict, int, int]:

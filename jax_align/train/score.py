@@ -31,6 +31,7 @@ from .forward import hidden_states, response_logps, response_rewards
 from .reward_head import has_head, load_head, read_head_info
 
 LISTS = ("logps", "token_counts", "ref_logps", "implicit_rewards", "rewards")
+SCORE_MAX_LENGTH = 1024  # the truncation limit when neither max_length nor buckets is given
 
 
 def detect_format(data: dict) -> str:
@@ -183,7 +184,7 @@ def generate_critiques(model_dir: str, in_path: str, out_path: str, *, max_new_t
 
 
 def score_file(model: str, input_path: str, output_path: str, *, reference: str | None = None,
-               fmt: str | None = None, batch_size: int = 8, buckets=(256, 512, 1024), max_length: int | None = None,
+               fmt: str | None = None, batch_size: int = 8, buckets=None, max_length: int | None = None,
                layout: str = "prefix_shared", on_error: str = "raise", token_chunk: int = 256,
                max_new_tokens: int = 256, progress: bool = False, critiques: str = "generate") -> ScoreSummary:
     """Score every response of ``input_path`` with ``model`` (and ``reference``); write ``output_path``.
@@ -193,6 +194,10 @@ def score_file(model: str, input_path: str, output_path: str, *, reference: str 
     critiques, as in training)."""
     if critiques not in ("generate", "given"):
         raise ValueError(f"critiques must be generate|given, got {critiques!r}")
+    from jax_align.data.buckets import resolve_buckets
+
+    # no buckets: the default ladder up to max_length (default SCORE_MAX_LENGTH); buckets only: up to the largest
+    buckets = resolve_buckets(buckets, max_length or SCORE_MAX_LENGTH)
     from jax_align.atomic import atomic_file
 
     source = open_records(input_path)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jax_align.data.buckets import resolve_buckets
 from jax_align.model_store import load_model, save_model
 from jax_align.models import LlavaModel
 from jax_align.run_lock import lock_run_dir
@@ -168,7 +169,7 @@ class Trainer:
         if micro_groups < 1:
             raise ValueError(f"data.batch_size {cfg.data.batch_size} is too small for grad_accum {accum} x "
                              f"{n_proc} processes")
-        buckets = tuple(cfg.data.buckets) or (cfg.data.max_length,)
+        buckets = resolve_buckets(cfg.data.buckets, cfg.data.max_length)  # [] = the default ladder
         dcfg = DataConfig(path=data_path, format=fmt, model_dir=model_dir, batch_size=micro_groups, buckets=buckets,
                           max_length=cfg.data.max_length, layout=cfg.data.layout, seed=cfg.run.seed,
                           shuffle=cfg.data.shuffle, num_epochs=None, shard_index=jax.process_index(),
@@ -247,6 +248,7 @@ class Trainer:
                 state, metrics = fn(state, frozen, ref, batch)
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 metrics.update(iterator.metrics())
+                metrics["data/row_length"] = float(host["input_ids"].shape[-1])  # the bucket this step padded to
                 metrics["lr"] = float(self._lr(tx, step))
                 if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
                     ckpt.wait()
