@@ -6,6 +6,7 @@ Layout of a jax-align model directory::
     DIR/config.json            the Hugging Face LLaVA config (so the directory also explains itself)
     DIR/params/                Orbax (OCDBT/tensorstore) checkpoint of the parameter tree
     DIR/tokenizer*.json ...    tokenizer / processor files copied from the source model
+    DIR/adapter/               a LoRA run's unmerged adapter (jax_align.train.adapter), beside the merged params
 
 :func:`load_model` reads such a directory or a plain Hugging Face directory, so every command that takes
 ``--model`` accepts both.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -43,8 +45,12 @@ def check_replaceable(out_dir: str) -> None:
                               "choose another output path or remove it")
 
 
-def save_model(out_dir: str, config: LlavaConfig, params, source_dir: str | None = None) -> str:
+def save_model(out_dir: str, config: LlavaConfig, params, source_dir: str | None = None,
+               extra: Callable[[str], object] | None = None) -> str:
     """Write ``params`` (an NNX state) with Orbax, the config and the tokenizer/processor files.
+
+    ``extra(tmp_dir)``, when given, writes more files into the model directory (a LoRA run's ``adapter/``) on the
+    primary process, inside the same atomic commit.
 
     The directory is filled as a temporary sibling and renamed into place when complete
     (:func:`jax_align.atomic.atomic_dir`): an existing model at ``out_dir`` stays loadable until the new one
@@ -85,6 +91,8 @@ def save_model(out_dir: str, config: LlavaConfig, params, source_dir: str | None
             with open(os.path.join(work, "config.json"), "w") as f:
                 json.dump(config.to_hf_dict(), f, indent=2, sort_keys=True)
             copy_assets(source_dir or config.source_dir, work)
+            if extra is not None:
+                extra(work)
             with open(os.path.join(work, MARKER), "w") as f:  # written last: its presence means the save completed
                 json.dump({"format": "jax-align-model", "version": 1, "param_dtype": dtype}, f)
     if multi:

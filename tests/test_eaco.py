@@ -257,6 +257,14 @@ def test_pipeline_eaco_runs_and_resumes(half_run):
         assert new["conversations"][0]["value"] == (f"<image>\nImage description:\n{new['description']['text']}"
                                                     f"\n\n{question}")
     assert os.path.isfile(os.path.join(d, "sft", "model", "config.json"))
+    import yaml  # the sft stage continues the DPO adapter on the DPO stage's base (spec §1.2 step 7.3, §1.5)
+
+    sft_cfg = yaml.safe_load(open(os.path.join(d, "sft", "config.yaml")))
+    dpo_adapter = json.load(open(os.path.join(d, "dpo", "model", "adapter", "adapter.json")))
+    assert sft_cfg["lora"]["init_from"] == os.path.join(d, "dpo", "model")
+    assert sft_cfg["model"]["path"] == dpo_adapter["base"]["model"] == os.path.join(d, "policy", "model")
+    assert json.load(open(os.path.join(d, "sft", "model", "adapter", "adapter.json")))["init_from"] == \
+        sft_cfg["lora"]["init_from"]
     proc = _cli("pipeline", "eaco", PRESET, *common, "--dry-run")  # the command line, as documented
     assert proc.returncode == 0 and [ln.split(":")[0] for ln in proc.stdout.splitlines()] == [
         "policy", "critic", "pairs", "dpo", "describe", "sft"]
@@ -271,6 +279,11 @@ def test_eaco_7b_preset_loads():
     dpo = load_config(None, ["run.stage=dpo", *_overrides(cfg["dpo"]["train"])])
     assert (dpo.loss.beta, dpo.optim.lr, dpo.lora.rank, dpo.lora.alpha) == (0.1, 1e-7, 128, 256)
     assert (cfg["pairs"]["n_samples"], cfg["pairs"]["temperature"], cfg["pairs"]["seed"]) == (5, 0.2, 42)
+    from jax_align.cli.errors import CommandError  # the sft stage continues the DPO adapter: same LoRA shape
+
+    with pytest.raises(CommandError, match=r"lora.rank: dpo 128, sft 64"):
+        check_train_configs(load_pipeline(os.path.join(ROOT, "configs", "presets", "eaco_7b.yaml"),
+                                          ["policy.model=/ckpt", "sft.train.lora.rank=64"]))
 
 
 def test_prefs_eaco_cli_bad_input_and_unparsable_critic(world, half_run, tmp_path):

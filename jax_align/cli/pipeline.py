@@ -9,18 +9,20 @@ own checkpoints):
 3. ``pairs``: ``jax-align prefs eaco`` (N samples per image judged by the critic, best/worst, §1.2);
 4. ``dpo``: DPO on the pairs (β 0.1, LoRA with the adapters-off reference, §1.4-1.5);
 5. ``describe``: ``jax-align prefs describe`` with the DPO model (§1.2 step 7);
-6. ``sft``: SFT on the description-infused records, starting from the DPO model (§1.5).
+6. ``sft``: SFT on the description-infused records, continuing the DPO adapter (§1.2 step 7.3, §1.5).
 
-The ``sft`` stage and the DPO adapter (§1.2 step 7.3, §1.5: ``--load_peft``, the DPO adapter trained further
-with a fresh optimizer at LR 2e-5). The trainer saves a LoRA run's model with the adapters merged
-(``W' = W + (alpha / r) A B``), so the ``sft`` stage here trains *fresh* adapters (``A'`` random, ``B' = 0``)
-on ``W'``. Both start from the same function (merged weights give the DPO model's logits), but they are not the
-same training: continuing moves ``(A, B)`` from their DPO values, and the gradient of ``A`` is scaled by
-``B != 0`` from the first step; fresh adapters have ``B' = 0``, so the first step moves only ``B'`` and the
-update lives in a new rank-r subspace (rank up to 2r over the base). Continuing the adapter needs the trainer
-(``jax_align/train``) to save the unmerged adapter beside the merged model and to take it as the initial LoRA
-state (a ``lora.init_from`` key); until then the pipeline's SFT stage is "fresh adapters on the merged DPO
-model", stated here and in the presets.
+The ``sft`` stage continues the DPO adapter (§1.2 step 7.3, §1.5: ``--load_peft``, the DPO adapter trained
+further with a fresh optimizer at the preset's LR, 2e-5 in ``eaco_7b.yaml``). A LoRA run saves its model with the
+adapters merged (``W' = W + (alpha / r) A B``: what ``describe``, eval and export read) and the unmerged adapter
+beside it (``DIR/dpo/model/adapter/``, :mod:`jax_align.train.adapter`). When the DPO stage trained LoRA and the
+``sft`` stage has ``lora.rank > 0``, the ``sft`` stage starts from the *base* model the DPO stage started from (the
+adapter records it: ``model.path``, or ``model.init`` with its ``run.seed``) with ``lora.init_from=DIR/dpo/model``:
+its start model computes the DPO model's logits and its adapters are the DPO adapters (``B != 0``). Fresh adapters
+on ``W'`` would start from the same function but not the same training (``B' = 0``: the first step would move only
+``B'``, and the update would live in a new rank-r subspace). Without LoRA in either stage the ``sft`` stage starts
+from the merged DPO model (full fine-tuning). A ``model.path`` / ``model.init`` or ``lora.init_from`` given in
+``sft.train`` is kept (then no adapter is added). ``jax-align pipeline`` checks before the first stage that the
+two stages' ``lora`` rank, alpha, targets and include_projector agree.
 
 The CONFIG (``configs/presets/eaco_*.yaml``) has ``dir``, an optional ``world: {seed, n}`` (rendered into
 ``DIR/world``; ``WORLD`` in any path stands for it), and one section per stage; a training stage's ``train``
@@ -107,8 +109,30 @@ def _overrides(train: dict) -> list[str]:
     return out
 
 
-def _train(stage_name: str, spec: dict, run_dir: str, *, model: str | None, data: str | None) -> str:
-    """Run one training stage through the trainer's public API; returns its final model directory."""
+def sft_start(spec: dict, dpo_model: str) -> tuple[dict, str | None]:
+    """``(model section, lora.init_from)`` of the ``sft`` stage: the DPO stage's base model and its adapter when
+    the DPO stage trained LoRA (``DPO/adapter/adapter.json``) and the ``sft`` stage does too, else the merged DPO
+    model and no adapter; ``(None, None)`` when ``sft.train`` names its own model (§1.2 step 7.3, §1.5)."""
+    from jax_align.train.adapter import ADAPTER_DIR, META
+
+    train = spec.get("train") or {}
+    if any((train.get("model") or {}).get(k) for k in ("path", "init")):
+        return None, None  # the stage's own start model
+    meta_path = os.path.join(dpo_model, ADAPTER_DIR, META)
+    if int((train.get("lora") or {}).get("rank") or 0) <= 0 or not os.path.isfile(meta_path):
+        return {"path": dpo_model}, None
+    with open(meta_path, encoding="utf-8") as f:
+        base = json.load(f).get("base") or {}
+    if base.get("from") == "model.init":  # a random init: the same config (and, checked, the same run.seed)
+        return {"init": base["model"]}, dpo_model
+    return {"path": base["model"]}, dpo_model
+
+
+def _train(stage_name: str, spec: dict, run_dir: str, *, model: str | dict | None, data: str | None,
+           init_from: str | None = None) -> str:
+    """Run one training stage through the trainer's public API; returns its final model directory. ``model`` is a
+    model directory (``model.path``) or a ``model`` section, used only when the stage's config names no model;
+    ``init_from`` is ``lora.init_from`` unless the config gives one."""
     from jax_align.train.config import load_config
     from jax_align.train.trainer import Trainer
     from jax_align.world.train_inputs import resolve_world_inputs
@@ -118,7 +142,9 @@ def _train(stage_name: str, spec: dict, run_dir: str, *, model: str | None, data
     train["run"].setdefault("stage", stage_name)
     m = train.setdefault("model", {})
     if model and not m.get("path") and not m.get("init"):
-        m["path"] = model
+        m.update({"path": model} if isinstance(model, str) else model)
+    if init_from:
+        train.setdefault("lora", {}).setdefault("init_from", init_from)
     d = train.setdefault("data", {})
     if data and not d.get("train"):
         d["train"] = data
@@ -153,7 +179,7 @@ def plan(cfg: dict) -> list[tuple[str, str]]:
               ("pairs", f"prefs eaco: sample, judge, best/worst (§1.2) -> {d}/pairs.jsonl"),
               ("dpo", f"DPO on the pairs (§1.4) -> {d}/dpo/model"),
               ("describe", f"prefs describe with the DPO model (§1.2 step 7) -> {d}/described.jsonl"),
-              ("sft", f"SFT on the described records from the DPO model (§1.5) -> {d}/sft/model")]
+              ("sft", f"SFT on the described records, continuing the DPO adapter (§1.5) -> {d}/sft/model")]
     return steps
 
 
@@ -162,11 +188,24 @@ def check_train_configs(cfg: dict) -> None:
     from jax_align.train.config import load_config
 
     world = os.path.join(os.path.abspath(cfg["dir"]), "world") if cfg.get("world") else None
+    loaded = {}
     for name in ("policy", "critic", "dpo", "sft"):
         train = _paths((cfg.get(name) or {}).get("train") or {}, world)
         if train or name != "policy":
             stage = {"policy": "sft"}.get(name, name)
-            load_config(None, [*_overrides(train), f"run.stage={stage}"])
+            loaded[name] = load_config(None, [*_overrides(train), f"run.stage={stage}"])
+    dpo, sft = loaded["dpo"].lora, loaded["sft"].lora
+    sft_model = (((cfg.get("sft") or {}).get("train") or {}).get("model") or {})
+    names_model = any(sft_model.get(k) for k in ("path", "init"))
+    if dpo.enabled and sft.enabled and not sft.init_from and not names_model:  # sft will continue the DPO adapter
+        from jax_align.cli.errors import CommandError
+
+        keys = ("rank", "alpha", "targets", "include_projector")
+        bad = [f"lora.{k}: dpo {getattr(dpo, k)!r}, sft {getattr(sft, k)!r}" for k in keys
+               if getattr(dpo, k) != getattr(sft, k)]
+        if bad:
+            raise CommandError(f"the sft stage continues the DPO adapter (lora.init_from), so its LoRA settings "
+                               f"must be the dpo stage's: {'; '.join(bad)}", field="sft.train.lora")
 
 
 def run(args) -> int:
@@ -248,7 +287,8 @@ def run_eaco(cfg: dict, log=print) -> dict:
                                allow_absolute_paths=True))
             _validate(out["describe"], "sft")
         elif name == "sft":
-            _train("sft", spec, os.path.join(d, "sft"), model=out["dpo"], data=out["describe"])
+            model, init_from = sft_start(spec, out["dpo"])
+            _train("sft", spec, os.path.join(d, "sft"), model=model, data=out["describe"], init_from=init_from)
         write_json(marker, {"stage": name, "output": out[name], "seconds": round(time.time() - t0, 2)})
         status[name] = "ran"
     return {"stages": status, "outputs": out}

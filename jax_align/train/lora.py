@@ -2,7 +2,8 @@
 
 With LoRA only the adapters train; the reference policy is the same model with adapters off (``lora_b``
 zeroed, no second copy of the base weights); the final model is exported with adapters merged into the
-kernels.
+kernels, and the unmerged adapter is saved beside it (``MODEL/adapter/``); ``lora.init_from`` starts a run from
+such an adapter on its base model (:mod:`.adapter`, spec §1.2 step 7.3 / §1.5).
 The layer-level mechanics live in :mod:`jax_align.models.lora`.
 
 Trainer sketch::
@@ -55,6 +56,10 @@ class LoraConfig:
                 "(language_model.layers.*.self_attn.q_proj) or 're:REGEX'"})
     include_projector: bool = field(default=False, metadata={
         "help": "also adapt the multimodal projector's linear_1 and linear_2"})
+    init_from: str = field(default="", metadata={
+        "help": "start the adapters from a LoRA run's saved adapter (its model dir, holding adapter/, or that "
+                "adapter/ dir) on the base model given by model.path / model.init, with a fresh optimizer; "
+                "rank, alpha, targets and include_projector must match (a checkpoint to resume wins)"})
 
     @property
     def enabled(self) -> bool:
@@ -65,6 +70,8 @@ class LoraConfig:
         if not isinstance(self.rank, int) or self.rank < 0:
             raise ValueError(f"lora.rank must be a non-negative integer, got {self.rank!r}")
         if not self.enabled:
+            if self.init_from:
+                raise ValueError(f"lora.init_from={self.init_from!r} needs lora.rank > 0 (the adapter's rank)")
             return
         if not self.alpha > 0:
             raise ValueError(f"lora.alpha must be positive, got {self.alpha!r}")

@@ -53,15 +53,19 @@ class ParamTrees:
 
 
 def split_params(cfg: Config, stage: Stage, model, hidden_size: int, *, is_abstract: bool = False) -> ParamTrees:
-    """LoRA adapters (``cfg.lora``), the trainable / frozen split, the reward head and the reference copy of
-    ``model`` (a real model, or one built under ``nnx.eval_shape`` with ``is_abstract``: then every tree is
-    abstract)."""
+    """LoRA adapters (``cfg.lora``; a real model's start from ``lora.init_from``'s saved adapter when set), the
+    trainable / frozen split, the reward head and the reference copy of ``model`` (a real model, or one built under
+    ``nnx.eval_shape`` with ``is_abstract``: then every tree is abstract)."""
     from jax_align.models.lora import split_lora
 
     from .lora import maybe_apply_lora
     from .reward_head import init_head
 
     model, is_lora = maybe_apply_lora(model, cfg.lora, seed=cfg.run.seed)
+    if is_lora and cfg.lora.init_from and not is_abstract:  # the saved A, B as the initial adapters (spec §1.5)
+        from .adapter import load_adapter
+
+        load_adapter(model, cfg.lora.init_from)
     graphdef, trainable, frozen = split_lora(model) if is_lora else split_trainable(model, cfg.model)
     full = nnx.state(model)
     if is_abstract:

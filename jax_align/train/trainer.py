@@ -25,6 +25,7 @@ from jax_align.models import LlavaModel
 from jax_align.run_lock import lock_run_dir
 from jax_align.sharding import make_mesh, rules_from_config, use_rules
 
+from .adapter import adapter_arrays, adapter_meta, check_init_from, write_adapter
 from .checkpointing import TrainCheckpointer, check_resume, fingerprint, resume_state
 from .config import Config, ConfigError, dump
 from .metrics_log import MetricsLog, Progress
@@ -158,6 +159,8 @@ class Trainer:
         if primary:
             dump(cfg, os.path.join(cfg.run.dir, "config.yaml"))
         model_dir, data_path = prepare_inputs(cfg, stage)
+        if cfg.lora.init_from:  # a mismatched adapter stops the run here, before data or model are read
+            check_init_from(cfg, model_dir)
 
         # ---- data
         from jax_align.data.pipeline import DataConfig, DataPipeline
@@ -276,11 +279,16 @@ class Trainer:
             iterator.close()
         # ---- final model
         model_out = os.path.join(cfg.run.dir, "model")
-        if is_lora:  # adapters folded into the kernels: an ordinary model that exports to HF as is
+        write_extra = None
+        if is_lora:  # adapters folded into the kernels: an ordinary model that exports to HF as is; the unmerged
+            # adapter goes beside it (MODEL/adapter/, for lora.init_from)
+            arrays = adapter_arrays(nnx.merge(graphdef, state["params"]["model"], frozen))
+            meta = adapter_meta(cfg, model_dir, stage=stage.name, steps=cfg.train.steps, layers=len(arrays) // 2)
+            write_extra = lambda work: write_adapter(work, arrays, meta)  # noqa: E731
             final_state = merged_state(graphdef, state["params"]["model"], frozen)
         else:
             final_state = nnx.state(nnx.merge(graphdef, state["params"]["model"], frozen))
-        save_model(model_out, config, final_state, source_dir=model_dir)
+        save_model(model_out, config, final_state, source_dir=model_dir, extra=write_extra)
         if stage.reward_head and primary:
             save_head(model_out, jax.device_get(state["params"]["reward_head"]), stage=stage.name,
                       critique_prompt=stage.critique_prompt)
