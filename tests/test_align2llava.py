@@ -233,9 +233,23 @@ def test_world_supplies_align2_preference_data(tmp_path):
     assert answers and all(rm_groups(r, n, "answers") for n, r in enumerate(answers, 1))
     from jax_align.eval.evaluate import load_benchmarks
     from jax_align.eval.metrics import chair_metrics
+    from jax_align.world.align2 import answer_vocabulary
+    from jax_align.world.text import question_kind
 
     bench = load_benchmarks(world)
-    for rec in answers:  # the score is tied to CHAIR's count: 1 - 0.25 x hallucinated objects (pinned parser)
+    sft = {r["id"]: r for r in map(json.loads, open(os.path.join(world, "sft.jsonl")))}
+    vocab = answer_vocabulary(sft.values())
+    captions = [r for r in answers if question_kind(r["conversations"][0]["value"]) is None]
+    short = [r for r in answers if r not in captions]
+    # short questions: the record's SFT question, its true answer scored 1, wrong answers of its kind scored 0
+    assert {question_kind(r["conversations"][0]["value"]) == "exist" for r in short} == {True, False}
+    for rec in short:
+        src = sft[rec["id"].removesuffix("-answers")]
+        gpt, kind = rec["conversations"][1], question_kind(rec["conversations"][0]["value"])
+        assert rec["conversations"][0] == src["conversations"][0] and sorted(gpt["score"])[-2:] == [0.0, 1.0]
+        assert gpt["value"][gpt["score"].index(1.0)] == src["conversations"][1]["value"] and sum(gpt["score"]) == 1
+        assert set(gpt["value"]) <= set(vocab[kind]) and len(set(gpt["value"])) == len(gpt["value"])
+    for rec in captions:  # the score is tied to CHAIR's count: 1 - 0.25 x hallucinated objects (pinned parser)
         gpt = rec["conversations"][1]
         assert len(gpt["value"]) >= 5 and len(set(gpt["score"])) >= 2
         for text, score in zip(gpt["value"], gpt["score"], strict=True):

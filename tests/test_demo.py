@@ -106,3 +106,31 @@ def test_demo_rejects_unknown_methods(tmp_path):
                            "--methods", "dpo,ppo"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--methods" in proc.stderr and "ppo" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_align2_noisy_pool_corrupts_every_kind_of_answer(tmp_path):
+    """Align²LLaVA's input (demo.inputs.noisy_instruct): about ``noise`` of the records are wrong, each kind the way
+    a generator errs (a caption with a hallucinated object, a flipped yes/no, a short answer of the right kind but
+    wrong), ``truth`` says which, and the finer types name what each short question asks."""
+    from jax_align.demo.inputs import noisy_instruct
+    from jax_align.world.align2 import answer_vocabulary
+    from jax_align.world.datasets import read_jsonl, write_world
+
+    world = str(tmp_path / "world")
+    write_world(world, seed=5, n=60)
+    clean = {r["id"]: r for r in read_jsonl(os.path.join(world, "sft.jsonl"))}
+    vocab = answer_vocabulary(clean.values())
+    pool, counts = noisy_instruct(world, 0.3, seed=0)
+    assert counts["records"] == len(pool) == len(clean) and 0.2 < counts["corrupted"] / len(pool) < 0.4
+    wrong_types = set()
+    for rec in pool:
+        before, after = clean[rec["id"]]["conversations"][1]["value"], rec["conversations"][1]["value"]
+        assert rec["truth"] == int(before == after)
+        if rec["type"].startswith("vqa_"):
+            assert after in vocab[rec["type"][4:]]
+            assert rec["conversations"][0]["value"].split("\n")[-1].lower().startswith(
+                {"color": "what color", "shape": "what shape", "size": "what size", "count": "how many",
+                 "position": "where is"}[rec["type"][4:]])
+        if not rec["truth"]:
+            wrong_types.add(rec["type"])
+    assert {"detail", "conversation", "vqa_color", "vqa_position"} <= wrong_types

@@ -172,6 +172,32 @@ def test_world_critic_data_scores_hallucinated_objects_and_evaluator(world, tmp_
     assert garbage["parsable"] == 0.0 and garbage["groups"] == 0
 
 
+def test_policy_critic_data_scores_the_policys_own_samples(world, tmp_path):
+    """The critic's on-policy data (world.judges.write_policy_critic_data): each group holds the policy's distinct
+    samples of one scene, scored 5 - hallucinated objects by the eval's parser; the evaluator judges a critic on
+    the policy's samples the same way."""
+    from jax_align.world.judges import CandidatePolicy, PolicySampling, evaluate_world_critic, write_policy_critic_data
+
+    policy = CandidatePolicy(world)  # samples the world's caption candidates: different hallucination counts
+    data = str(tmp_path / "critic_policy.jsonl")
+    n = write_policy_critic_data(policy, world, data, PolicySampling(groups=12, first=6, k=5), seed=1)
+    rows = _jsonl(data)
+    assert n == len(rows) == 12 and _problems(data, "scored") == []
+    scenes = [json.loads(line)["image"] for line in open(os.path.join(world, "scenes.jsonl"))][6:18]
+    assert [os.path.normpath(os.path.relpath(os.path.join(tmp_path, r["image"]), world)) for r in rows] == scenes
+    for row in rows:
+        assert len(set(row["responses"])) == len(row["responses"])  # distinct samples only
+        chair = _chair(world, row["responses"], [row["image"]] * len(row["responses"]), str(tmp_path))
+        for text, score, c in zip(row["responses"], row["scores"], chair, strict=True):
+            assert score == max(1, 5 - round(c * text.count("There is")))
+    truth = evaluate_world_critic(_ScoreCritic(world, lambda h: f"score: {5 - h}"), world, groups=24,
+                                  policy=policy)
+    assert truth["groups"] >= 10 and truth["argmax_agree"] == truth["argmin_agree"] == 1.0
+    reverse = evaluate_world_critic(_ScoreCritic(world, lambda h: f"score: {1 + h}"), world, groups=24,
+                                    policy=policy)
+    assert reverse["argmax_agree"] < 0.5 and reverse["groups"] == truth["groups"]
+
+
 class _FlakyCritic:
     """Every third judgement has no score; record 0's judgements all fail."""
 

@@ -57,28 +57,27 @@ def bdhs_prompts(world_dir: str, n: int, seed: int, existence_fraction: float, v
     return take(caps, n - n_exist - n_vqa, rng) + existence + take(vqa, n_vqa, rng)
 
 
-QUESTION_KINDS = (("What color", "color"), ("What shape", "shape"), ("What size", "size"), ("How many", "count"),
-                  ("Where is", "position"))
-
-
 def _finer_type(record: dict) -> str:
     """The curation's instruction type: LLaVA's three (detail / conversation / complex_reasoning), with the world's
-    short questions split by what they ask, so that keeping 30% per type keeps every kind of question (with one
-    ``complex_reasoning`` type the question RM kept position and count questions only and the curated model never
-    learned colours, shapes or sizes)."""
+    short questions split by what they ask (:func:`jax_align.world.text.question_kind`), so that keeping 30% per
+    type keeps every kind of question (with one ``complex_reasoning`` type the question RM kept position and count
+    questions only and the curated model never learned colours, shapes or sizes)."""
+    from jax_align.world.text import question_kind
+
     if record.get("type") != "complex_reasoning":
         return record.get("type", "all")
-    question = record["conversations"][0]["value"].split("\n")[-1]
-    return next((f"vqa_{kind}" for prefix, kind in QUESTION_KINDS if question.startswith(prefix)), "complex_reasoning")
+    kind = question_kind(record["conversations"][0]["value"])
+    return f"vqa_{kind}" if kind not in (None, "exist") else "complex_reasoning"
 
 
 def noisy_instruct(world_dir: str, noise: float, seed: int) -> tuple[list[dict], dict]:
     """Align²LLaVA's input: machine-generated instruction data, some of it wrong (spec §3.1). The world's SFT
     conversations with a ``type`` (detail / conversation / complex_reasoning, ``align2_instruct.jsonl``), a
     fraction ``noise`` of them corrupted the way a generator errs: a caption replaced by a hallucinated candidate
-    of the world's scored captions (an extra or recoloured object), a yes/no answer flipped. Each record keeps
-    ``truth`` (1 = correct, 0 = corrupted) for the report; curation never reads it."""
-    from jax_align.world.align2 import write_align2_files
+    of the world's scored captions (an extra or recoloured object), a yes/no answer flipped, another short answer
+    replaced by a wrong one of its kind (a colour by another colour). Each record keeps ``truth`` (1 = correct,
+    0 = corrupted) for the report; curation never reads it."""
+    from jax_align.world.align2 import answer_vocabulary, write_align2_files
 
     path = os.path.join(world_dir, "align2_instruct.jsonl")
     if not os.path.isfile(path):
@@ -88,8 +87,10 @@ def noisy_instruct(world_dir: str, noise: float, seed: int) -> tuple[list[dict],
     for rec in read_jsonl(os.path.join(world_dir, "reward.jsonl")):
         if rec["id"].endswith("-caption") and len(rec["responses"]) > 1:
             wrong[rec["image"]] = rec["responses"][1:]
+    instruct = read_jsonl(path)
+    vocab = answer_vocabulary(instruct)
     out, counts = [], {"records": 0, "corrupted": 0}
-    for rec in read_jsonl(path):
+    for rec in instruct:
         rec = {**rec, "truth": 1, "type": _finer_type(rec)}
         turns = rec["conversations"]
         answer = turns[1]["value"]
@@ -100,6 +101,9 @@ def noisy_instruct(world_dir: str, noise: float, seed: int) -> tuple[list[dict],
                 bad = choices[int(rng.integers(len(choices)))]
             elif answer in ("Yes.", "No."):
                 bad = "No." if answer == "Yes." else "Yes."
+            elif rec["type"].startswith("vqa_"):
+                others = [a for a in vocab.get(rec["type"][4:], ()) if a != answer]
+                bad = others[int(rng.integers(len(others)))] if others else None
             if bad is not None:
                 rec["conversations"] = [turns[0], {**turns[1], "value": bad}, *turns[2:]]
                 rec["truth"] = 0

@@ -67,7 +67,11 @@ def run_eaco(ctx: DemoContext, bases: Bases, seed: int) -> MethodResult:
     pairs = ctx.timed(f"eaco pairs (seed {seed})", pairs_stage)
     if not _count(pairs):  # every critic output unparsable or every group tied: nothing to train on, said so
         return MethodResult(bases.sft, 0, data={"failed": "the critic gave no usable pair (see data.eaco_s*)"})
-    dpo = ctx.train(f"eaco_dpo_s{seed}", "dpo", pairs, p.pref_steps, p.pref_lr,
+    # one pass over the pairs (§1.5: 1 epoch; the budget rule's each-record-once), never more than the budget:
+    # 300 steps over EACO's ~130 pairs were 75 epochs, and DPO memorised them (chosen log-prob -0.1)
+    n_pairs = _count(pairs)
+    dpo_steps = min(p.pref_steps, max(1, -(-n_pairs * p.pref_epochs // p.pref_batch)))
+    dpo = ctx.train(f"eaco_dpo_s{seed}", "dpo", pairs, dpo_steps, p.pref_lr,
                     **_dpo_overrides(ctx, bases, seed, **{"ref.mode": "cached", "data.format": "pairwise"}))
 
     def describe_stage():
@@ -85,7 +89,7 @@ def run_eaco(ctx: DemoContext, bases: Bases, seed: int) -> MethodResult:
     final = ctx.train(f"eaco_sft_s{seed}", "sft", described, p.eaco_sft_steps, p.pref_lr,
                       **{"model.path": dpo, "seed": seed, "data.max_length": p.group_max_length,
                          "data.buckets": even_buckets(p.group_max_length)})
-    return MethodResult(final, _count(pairs), pref_steps=p.pref_steps, sft_steps=p.eaco_sft_steps,
+    return MethodResult(final, n_pairs, pref_steps=dpo_steps, sft_steps=p.eaco_sft_steps,
                         data={"critic_steps": p.critic_steps})
 
 

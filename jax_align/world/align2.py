@@ -8,7 +8,11 @@
   out, 0-3 wrong objects added) with their ``score`` list ``1 - 0.25 x hallucinated objects`` (at least 0, steps
   of 0.05 as §3.1's annotations): a score difference is always a difference in hallucinated objects (CHAIR's
   count), so the answer RM has one learnable signal (the world's ``reward.jsonl`` Jaccard scores rank a
-  caption that leaves an object out like one that invents one).
+  caption that leaves an object out like one that invents one). Beside each caption group, groups for two of the
+  scene's short questions (one yes/no, one attribute/count/position question of ``sft.jsonl``): the true answer
+  (score 1) against up to 6 wrong answers of the same kind (score 0, :func:`answer_vocabulary`), so the answer RM
+  judges every instruction type the curation ranks (with captions only, it scored VQA answers arbitrarily and
+  ``rank-answers`` kept "Red." for 90% of the colour questions).
 * ``align2_instruct.jsonl``: the world's SFT conversations with a ``type`` (detail = captions, conversation =
   yes/no, complex_reasoning = the other questions) for ``curate rank-*``.
 """
@@ -21,7 +25,7 @@ import numpy as np
 
 from jax_align.world.critiques import candidate_captions
 from jax_align.world.datasets import load_world_config, read_jsonl, write_jsonl
-from jax_align.world.text import CAPTION_PROMPTS, position_question
+from jax_align.world.text import CAPTION_PROMPTS, position_question, question_kind
 
 CANDIDATES = 7  # question / answer candidates per image in the code's data (spec §3.1)
 
@@ -51,10 +55,52 @@ def _instruction_type(record_id: str) -> str:
         else "complex_reasoning"
 
 
+def answer_vocabulary(records) -> dict[str, list[str]]:
+    """Every answer the world gives to each kind of short question (:func:`question_kind`) in ``records``
+    (LLaVA conversations), sorted: the wrong answers a generator could give."""
+    vocab: dict[str, set] = {}
+    for r in records:
+        turns = r["conversations"]
+        kind = question_kind(turns[0]["value"])
+        if kind is not None and isinstance(turns[1]["value"], str):
+            vocab.setdefault(kind, set()).add(turns[1]["value"])
+    return {k: sorted(v) for k, v in vocab.items()}
+
+
+def _qa_answer_records(sft: list[dict], vocab: dict[str, list[str]], rng: np.random.Generator) -> list[dict]:
+    """Answer preference records for one yes/no and one other short question of a scene's SFT records."""
+    out = []
+    by_kind = {}
+    for r in sft:
+        kind = question_kind(r["conversations"][0]["value"])
+        if kind is not None:
+            by_kind.setdefault("exist" if kind == "exist" else "vqa", []).append((kind, r))
+    for group in ("exist", "vqa"):
+        if not by_kind.get(group):
+            continue
+        kind, rec = by_kind[group][int(rng.integers(len(by_kind[group])))]
+        truth = rec["conversations"][1]["value"]
+        wrong = [a for a in vocab.get(kind, ()) if a != truth]
+        picks = [wrong[int(i)] for i in rng.permutation(len(wrong))[: CANDIDATES - 1]]
+        if not picks:
+            continue
+        answers = [truth, *picks]
+        order = rng.permutation(len(answers))  # the truth is not always first
+        out.append({"id": f"{rec['id']}-answers", "image": rec["image"], "conversations": [
+            rec["conversations"][0], {"from": "gpt", "value": [answers[int(i)] for i in order],
+                                      "score": [1.0 if int(i) == 0 else 0.0 for i in order]}]})
+    return out
+
+
 def write_align2_files(world_dir: str, seed: int = 0) -> dict[str, int]:
     """Write the three files into ``world_dir``; returns their record counts."""
     config = load_world_config(world_dir)
     scenes = read_jsonl(os.path.join(world_dir, "scenes.jsonl"))
+    sft = read_jsonl(os.path.join(world_dir, "sft.jsonl"))
+    vocab = answer_vocabulary(sft)
+    sft_by_image: dict[str, list[dict]] = {}
+    for r in sft:
+        sft_by_image.setdefault(r["image"], []).append(r)
     counts = {"align2_questions": write_jsonl(
         os.path.join(world_dir, "align2_questions.jsonl"),
         (_question_record(s, config, np.random.default_rng([seed, i])) for i, s in enumerate(scenes)))}
@@ -66,10 +112,11 @@ def write_align2_files(world_dir: str, seed: int = 0) -> dict[str, int]:
             answers.append({"id": f"{scene.get('id', i)}-answers", "image": scene["image"], "conversations": [
                 {"from": "human", "value": "<image>\n" + CAPTION_PROMPTS[int(rng.integers(len(CAPTION_PROMPTS)))]},
                 {"from": "gpt", "value": [t for t, _, _ in cands], "score": [answer_score(h) for _, h, _ in cands]}]})
+        answers += _qa_answer_records(sft_by_image.get(scene["image"], []), vocab, rng)
     counts["align2_answers"] = write_jsonl(os.path.join(world_dir, "align2_answers.jsonl"), answers)
     counts["align2_instruct"] = write_jsonl(
         os.path.join(world_dir, "align2_instruct.jsonl"),
-        ({**r, "type": _instruction_type(r["id"])} for r in read_jsonl(os.path.join(world_dir, "sft.jsonl"))))
+        ({**r, "type": _instruction_type(r["id"])} for r in sft))
     return counts
 
 

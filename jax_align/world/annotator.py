@@ -62,5 +62,14 @@ class WorldAnnotator:
         said = {(m.color, m.shape) for m in mentions if m.color is not None}
         return len(truth & said) / max(len(truth), 1) - hallucinated
 
+    def hallucinations(self, record: dict, text: str) -> tuple[int, int] | None:
+        """``(hallucinated, mentioned)`` objects of a caption ``text`` about ``record``'s image (CHAIR's count,
+        the eval's parser); None when the image has no scene."""
+        scene = self._scene(record)
+        if scene is None:
+            return None
+        mentions = extract_mentions(text, self.shape_words, self.config.colors)
+        return sum(not scene.has(m) for m in mentions), len(mentions)
+
     def annotate(self, records, samples):
         return [[self.score(rec, t) for t in texts] for rec, texts in zip(records, samples, strict=True)]

@@ -102,28 +102,107 @@ def train_judge(stage: str, model: str, data: str, run_dir: str, *, steps: int, 
     return summary.get("model") or os.path.join(run_dir, "model")
 
 
+@dataclass(frozen=True)
+class PolicySampling:
+    """How a policy's own captions are drawn for a critic (:func:`policy_captions`): ``groups`` scenes from
+    ``first`` on, ``k`` samples each at ``temperature``."""
+
+    groups: int = 0
+    first: int = 0
+    k: int = 5
+    temperature: float = 1.0
+    max_new_tokens: int = 80
+    batch_size: int = 64
+
+
+def policy_captions(policy, world_dir: str, sampling: PolicySampling, *, seed: int = 0):
+    """Per scene of ``world_dir`` (``sampling.first`` to ``first + groups``): the scene record, the caption prompt
+    asked, and the policy's distinct sampled captions as ``(text, hallucinated, mentions)`` counted with the eval's
+    parser (:meth:`jax_align.world.annotator.WorldAnnotator.hallucinations`). ``policy``: a model directory or an
+    object with :meth:`jax_align.generate.Generator.generate`'s signature."""
+    from jax_align.sampling import SamplingParams
+    from jax_align.world.annotator import WorldAnnotator
+    from jax_align.world.text import CAPTION_PROMPTS
+
+    if isinstance(policy, str):
+        from jax_align.generate import Generator
+
+        policy = Generator.from_model_dir(policy)
+    scenes = read_jsonl(os.path.join(world_dir, "scenes.jsonl"))[sampling.first: sampling.first + sampling.groups]
+    rng = np.random.default_rng([seed, 2])
+    prompts = [CAPTION_PROMPTS[int(rng.integers(len(CAPTION_PROMPTS)))] for _ in scenes]
+    sp = SamplingParams(max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                        n_samples=sampling.k)
+    gens = policy.generate([{"image": s["image"], "prompt": q} for s, q in zip(scenes, prompts, strict=True)], sp,
+                           seed=seed, batch_size=sampling.batch_size, base_dir=os.path.abspath(world_dir))
+    ann = WorldAnnotator(world_dir)
+    out = []
+    for scene, prompt, g in zip(scenes, prompts, gens, strict=True):
+        texts = list(dict.fromkeys(t.strip() for t in g.texts if t.strip()))
+        out.append((scene, prompt, [(t, *ann.hallucinations(scene, t)) for t in texts]))
+    return out
+
+
+def write_policy_critic_data(policy, world_dir: str, out_path: str, sampling: PolicySampling, *,
+                             seed: int = 0) -> int:
+    """A ``scored`` critic file like :func:`world.critiques.write_critic_data`, of the policy's own samples
+    (:func:`policy_captions`): the captions the critic will judge in EACO's pair building (§1.2), whose mistakes
+    are the policy's own (a critic that only saw the world's random candidates judged them at chance).
+    Returns the number of groups written."""
+    import json as _json
+
+    from jax_align.atomic import atomic_file
+    from jax_align.world.critiques import faithfulness_score
+
+    base_out = os.path.dirname(os.path.abspath(out_path))
+    n = 0
+    with atomic_file(out_path) as dst:
+        for scene, prompt, cands in policy_captions(policy, world_dir, sampling, seed=seed):
+            if not cands:
+                continue
+            scored = sorted(((faithfulness_score(h), t) for t, h, _ in cands), key=lambda x: -x[0])
+            image = os.path.relpath(os.path.join(os.path.abspath(world_dir), scene["image"]), base_out)
+            dst.write(_json.dumps({"id": f"{scene.get('id', n)}-policy", "image": image, "prompt": prompt,
+                                   "responses": [t for _, t in scored], "scores": [x for x, _ in scored]}) + "\n")
+            n += 1
+    return n
+
+
 def train_world_critic(model: str, world_dir: str, run_dir: str, *, steps: int = 150, lr: float = 1e-3,
-                       batch_size: int = 32, groups: int = 2000, seed: int = 0) -> str:
+                       batch_size: int = 32, groups: int = 2000, seed: int = 0, policy=None,
+                       policy_sampling: PolicySampling | None = None) -> str:
     """EACO's generative critic (§1.3) for a world, trained from a world SFT model ``model`` (it must see the
     images: a critic from random init cannot tell captions apart). Data: :func:`world.critiques.write_critic_data`
-    (``groups`` scenes x 5 candidates, target ``score: N`` = 5 - hallucinated objects). Returns the model dir."""
+    (``groups`` scenes x 5 candidates, target ``score: N`` = 5 - hallucinated objects), and with ``policy`` also
+    :func:`write_policy_critic_data` (its own samples of ``policy_sampling.groups`` further scenes, scored the
+    same way). Returns the model dir."""
+    from jax_align.atomic import atomic_file
     from jax_align.world.critiques import write_critic_data
 
     os.makedirs(run_dir, exist_ok=True)
     data = os.path.join(run_dir, "critic_data.jsonl")
     if not os.path.isfile(data):
-        write_critic_data(world_dir, data, seed=seed, limit=groups)
+        parts = [os.path.join(run_dir, "critic_candidates.jsonl")]
+        write_critic_data(world_dir, parts[0], seed=seed, limit=groups)
+        if policy is not None and policy_sampling is not None and policy_sampling.groups:
+            parts.append(os.path.join(run_dir, "critic_policy.jsonl"))
+            write_policy_critic_data(policy, world_dir, parts[1], policy_sampling, seed=seed)
+        with atomic_file(data) as dst:  # the trainer shuffles the records
+            for part in parts:
+                with open(part) as src:
+                    dst.writelines(src)
     return train_judge("critic", model, data, run_dir, steps=steps, lr=lr, batch_size=batch_size,
                        max_length=160, seed=seed)
 
 
 def evaluate_world_critic(critic, world_dir: str, *, groups: int = 48, k: int = 5, seed: int = 777,
-                          batch_size: int = 32) -> dict:
+                          batch_size: int = 32, policy=None, sampling: PolicySampling | None = None) -> dict:
     """Quality of a critic (a model directory or any object with ``generate``) on ``groups`` scenes of
-    ``world_dir`` (use a world it was not trained on), ``k`` fresh candidates each (:func:`candidate_captions`):
-    the fraction of outputs with a parsable score, and how often the critic's argmax (argmin) candidate has the
-    lowest (highest) true hallucination count of its group (ties in the truth count as agreement), over groups
-    with at least two parsed outputs and unequal truth."""
+    ``world_dir`` (use a world it was not trained on), ``k`` fresh candidates each (:func:`candidate_captions`;
+    with ``policy``, its own samples instead, :func:`policy_captions`): the fraction of outputs with a parsable
+    score, and how often the critic's argmax (argmin) candidate has the lowest (highest) true hallucination count
+    of its group (ties in the truth count as agreement), over groups with at least two parsed outputs and unequal
+    truth."""
     import numpy as np
 
     from jax_align.data.critic_text import parse_critic_scores
@@ -138,12 +217,17 @@ def evaluate_world_critic(critic, world_dir: str, *, groups: int = 48, k: int = 
 
         critic = Generator.from_model_dir(critic)
     config = load_world_config(world_dir)
-    scenes = read_jsonl(os.path.join(world_dir, "scenes.jsonl"))[:groups]
+    if policy is not None:
+        sampling = PolicySampling(**{**vars(sampling or PolicySampling()), "groups": groups, "k": k})
+        sampled = policy_captions(policy, world_dir, sampling, seed=seed)
+    else:
+        sampled = []
+        for i, scene in enumerate(read_jsonl(os.path.join(world_dir, "scenes.jsonl"))[:groups]):
+            rng = np.random.default_rng([seed, i])
+            prompt = CAPTION_PROMPTS[int(rng.integers(len(CAPTION_PROMPTS)))]  # as the pipeline asks a world policy
+            sampled.append((scene, prompt, candidate_captions(scene["objects"], config, rng, k)))
     jobs, truth = [], []
-    for i, scene in enumerate(scenes):
-        rng = np.random.default_rng([seed, i])
-        prompt = CAPTION_PROMPTS[int(rng.integers(len(CAPTION_PROMPTS)))]  # as the pipeline asks a world policy
-        cands = candidate_captions(scene["objects"], config, rng, k)
+    for i, (scene, prompt, cands) in enumerate(sampled):
         truth.append([h for _, h, _ in cands])
         jobs += [(i, {"image": scene["image"], "prompt": critic_prompt(prompt, t)}) for t, _, _ in cands]
     gens = critic.generate([p for _, p in jobs], SamplingParams(max_new_tokens=6), seed=seed,

@@ -29,6 +29,16 @@ BRIEF_PROMPTS: tuple[str, ...] = (
     "Write a caption for the image.",
 )
 VQA_CATEGORIES: tuple[str, ...] = ("color", "shape", "size", "count", "position")
+# what a short question asks, by its template's first words (the world's one classification of its questions)
+QUESTION_KINDS: tuple[tuple[str, str], ...] = (("Is there", "exist"), ("What color", "color"), ("What shape", "shape"),
+                                                ("What size", "size"), ("How many", "count"), ("Where is", "position"))
+
+
+def question_kind(question: str) -> str | None:
+    """``exist`` or a VQA category for one of the world's short questions (the ``<image>`` line is ignored);
+    None for anything else (captions)."""
+    line = question.split("\n")[-1]
+    return next((kind for prefix, kind in QUESTION_KINDS if line.startswith(prefix)), None)
 
 
 def article(word: str) -> str:
