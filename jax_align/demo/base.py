@@ -6,7 +6,6 @@ captioning model and one SFT model (trained once, whatever ``--seeds`` says), th
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -79,21 +78,14 @@ class DemoContext:
 
     def train(self, name: str, stage: str, data: str, steps: int, lr: float, **extra) -> str:
         """A run of the trainer under ``runs/NAME``; returns the trained model's directory."""
-        from jax_align.train.config import load_config
+        from jax_align.train.run_config import run_config, run_overrides
         from jax_align.train.trainer import Trainer
         from jax_align.world.train_inputs import resolve_world_inputs
 
         p = self.plan
-        overrides = {
-            "run.dir": self.path("runs", name), "run.stage": stage, "run.seed": extra.pop("seed", self.seed),
-            "data.train": data, "data.max_length": p.max_length, "data.buckets": list(p.buckets),
-            "data.batch_size": extra.pop("batch", p.batch_size),
-            "train.steps": steps, "optim.lr": lr, "optim.schedule": "cosine",
-            "optim.warmup_steps": max(1, steps // 20), "checkpoint.every": steps, "checkpoint.keep": 1,
-            "train.progress": False, "data.allow_absolute_paths": True,  # data files point into the world dirs
-            **extra,
-        }
-        cfg = load_config(None, [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items()])
+        cfg = run_config(run_overrides(
+            self.path("runs", name), stage, data, steps=steps, lr=lr, batch_size=extra.pop("batch", p.batch_size),
+            max_length=p.max_length, buckets=p.buckets, seed=extra.pop("seed", self.seed), extra=extra))
         Trainer(resolve_world_inputs(cfg), annotator=_annotator(cfg)).run()
         return self.path("runs", name, "model")
 

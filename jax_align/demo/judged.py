@@ -86,7 +86,7 @@ def run_eaco(ctx: DemoContext, bases: Bases, seed: int) -> MethodResult:
         return _write(ctx.data_file(f"eaco_described_s{seed}.jsonl"), described, ctx.train_world)
 
     described = ctx.timed(f"eaco describe (seed {seed})", describe_stage)
-    final = ctx.train(f"eaco_sft_s{seed}", "sft", described, p.eaco_sft_steps, p.pref_lr,
+    final = ctx.train(f"eaco_sft_s{seed}", "sft", described, p.eaco_sft_steps, p.eaco_sft_lr,
                       **{"model.path": dpo, "seed": seed, "data.max_length": p.group_max_length,
                          "data.buckets": even_buckets(p.group_max_length)})
     return MethodResult(final, n_pairs, pref_steps=dpo_steps, sft_steps=p.eaco_sft_steps,

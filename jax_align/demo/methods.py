@@ -105,7 +105,8 @@ def _online(stage: str):
             ctx, bases, seed, **{"online.every": p.online_every, "online.samples": p.online_samples,
                                  "online.temperature": p.online_temperature,
                                  "online.max_new_tokens": p.online_max_new_tokens,
-                                 "online.batch_size": p.eval_batch, "online.annotator": f"world:{ctx.train_world}"}))
+                                 "online.batch_size": p.eval_batch, "online.annotator": f"world:{ctx.train_world}",
+                                 **({"loss.sft_weight": p.online_sft_weight} if stage == "online_dpo" else {})}))
         rounds = ctx.path("runs", name, "online")
         sampled = sum(_count(os.path.join(rounds, f)) for f in os.listdir(rounds)) if os.path.isdir(rounds) else 0
         return MethodResult(model, sampled, pref_steps=p.pref_steps, data={"online_pairs": sampled})
@@ -149,7 +150,8 @@ def methods() -> dict[str, Method]:
                "image-masked policy's answer rejected", f"sigmoid DPO, beta 0.1, {budget}, cached reference",
                (nll,), run_dpo),
         Method("online_dpo", "Online-DPO", "§2.1", "the world's ground truth ranks 2 live-policy samples",
-               "sigmoid DPO, beta 0.1, fresh pairs every online_every steps", (nll,), _online("online_dpo")),
+               "sigmoid DPO, beta 0.1, fresh pairs every online_every steps, no NLL term (§2.1)", (),
+               _online("online_dpo")),
         Method("mixed_dpo", "Mixed-DPO", "§2.1 eq. 4", "offline: BDHS; online: the world's ground truth",
                "alpha ~ Bernoulli(0.5) per prompt between the BDHS pair and a fresh online pair", (nll,),
                _online("mixed_dpo")),

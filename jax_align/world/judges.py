@@ -84,20 +84,13 @@ def train_judge(stage: str, model: str, data: str, run_dir: str, *, steps: int, 
                 max_length: int, seed: int = 0, extra: dict | None = None) -> str:
     """One ``jax-align train`` run of ``stage`` from ``model`` on ``data`` (cosine schedule, one final checkpoint,
     the SFT model's vision tower trained too); returns the run's model directory."""
-    import json as _json
-
     from jax_align.data.buckets import even_buckets
-    from jax_align.train.config import load_config
+    from jax_align.train.run_config import run_config, run_overrides
     from jax_align.train.trainer import Trainer
 
-    buckets = even_buckets(max_length)
-    overrides = {"run.dir": run_dir, "run.stage": stage, "run.seed": seed, "model.path": model,
-                 "model.train_vision": True, "data.train": data, "data.max_length": max_length,
-                 "data.buckets": buckets, "data.batch_size": batch_size, "data.allow_absolute_paths": True,
-                 "train.steps": steps, "train.progress": False, "optim.lr": lr, "optim.schedule": "cosine",
-                 "optim.warmup_steps": max(1, steps // 20), "checkpoint.every": steps, "checkpoint.keep": 1,
-                 **(extra or {})}
-    cfg = load_config(None, [f"{k}={v if isinstance(v, str) else _json.dumps(v)}" for k, v in overrides.items()])
+    cfg = run_config(run_overrides(run_dir, stage, data, steps=steps, lr=lr, batch_size=batch_size,
+                                   max_length=max_length, buckets=even_buckets(max_length), seed=seed,
+                                   extra={"model.path": model, "model.train_vision": True, **(extra or {})}))
     summary = Trainer(cfg).run()
     return summary.get("model") or os.path.join(run_dir, "model")
 
