@@ -101,7 +101,8 @@ def _online(stage: str):
             write_pairs(bdhs_prompts(ctx.train_world, p.pref_records, seed, p.bdhs_existence_fraction,
                                      p.bdhs_vqa_fraction), ctx.train_world, data)
         name = f"{stage}_s{seed}"
-        model = ctx.train(name, stage, data, p.pref_steps, p.pref_lr, **_dpo_overrides(
+        lr = p.mixed_lr if stage == "mixed_dpo" else p.pref_lr
+        model = ctx.train(name, stage, data, p.pref_steps, lr, **_dpo_overrides(
             ctx, bases, seed, **{"online.every": p.online_every, "online.samples": p.online_samples,
                                  "online.temperature": p.online_temperature,
                                  "online.max_new_tokens": p.online_max_new_tokens,
@@ -153,7 +154,7 @@ def methods() -> dict[str, Method]:
                "sigmoid DPO, beta 0.1, fresh pairs every online_every steps, no NLL term (§2.1)", (),
                _online("online_dpo")),
         Method("mixed_dpo", "Mixed-DPO", "§2.1 eq. 4", "offline: BDHS; online: the world's ground truth",
-               "alpha ~ Bernoulli(0.5) per prompt between the BDHS pair and a fresh online pair", (nll,),
+               "alpha ~ Bernoulli(0.5) per prompt between the BDHS pair and a fresh online pair, lr 1e-4", (nll,),
                _online("mixed_dpo")),
         Method("eaco", "EACO", "§1", "a generative critic trained from the SFT model on the world's scored "
                "captions", "5 samples, critic argmax/argmin, DPO beta 0.1, then description-infused SFT",
