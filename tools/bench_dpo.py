@@ -137,7 +137,17 @@ def _respond(obj: dict) -> None:
 
 
 def _rss_mb() -> float:
+    """The process's peak resident memory so far (the RSS high-water mark)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _rss_now_mb() -> float:
+    """The process's resident memory now (Linux /proc; else the high-water mark)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024.0
+    except (OSError, StopIteration):
+        return _rss_mb()
 
 
 def _commands():
@@ -156,6 +166,7 @@ def jax_worker(a, root: str, side: str) -> None:
     from jax_align.compile_cache import enable_compilation_cache
     from jax_align.data.buckets import resolve_buckets
     from jax_align.data.pipeline import DataConfig, DataPipeline
+    from jax_align.host_memory import trim_host_memory
     from jax_align.sharding import make_mesh, rules_from_config, use_rules
     from jax_align.train.optim import build_optimizer
     from jax_align.train.stages import get_stage
@@ -163,6 +174,7 @@ def jax_worker(a, root: str, side: str) -> None:
     from jax_align.train.steps import StepSpec, make_train_step
     from jax_align.train.trainer import Trainer, stack_micro_batches
 
+    base_rss = _rss_now_mb()  # after the imports, before any model, data or compile
     enable_compilation_cache()  # as every jax-align command (JAX_ALIGN_CACHE_DIR=off turns it off)
     t_setup = time.perf_counter()
     cfg = side_config(a, root, side)
@@ -189,6 +201,7 @@ def jax_worker(a, root: str, side: str) -> None:
     state, frozen, ref = place_train_state(trees, param_shardings(trees, mesh, rules), tx, mesh, cfg.run.seed)
     graphdef = trees.graphdef
     del trees
+    trim_host_memory()  # as the trainer does after setup
     step_fn = make_train_step(graphdef, StepSpec.from_config(cfg, stage, groups=a.pairs, responses=2), tx)
     host = stack_micro_batches([next(pipeline.iterator())], pipeline.tokenizer.pad_id)
     seg, resp = host["segment_ids"][0] != 0, host["response_ids"][0] >= 0
@@ -201,9 +214,10 @@ def jax_worker(a, root: str, side: str) -> None:
             nonlocal state, fn
             c0, t0 = time.process_time(), time.perf_counter()
             batch = Trainer._global_batch(host, mesh)
-            if fn is None:
+            if fn is None:  # compiled ahead of the call, the compiler's scratch trimmed: as the trainer does
                 fn = jit_step(step_fn, state_sh, sharding_of(frozen), None if ref is None else sharding_of(ref),
-                              sharding_of(batch), mesh)
+                              sharding_of(batch), mesh).lower(state, frozen, ref, batch).compile()
+                trim_host_memory()
             state, metrics = fn(state, frozen, ref, batch)
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
             return time.perf_counter() - t0, time.process_time() - c0, metrics
@@ -214,7 +228,7 @@ def jax_worker(a, root: str, side: str) -> None:
                   "ref_pass_s": ref_seconds, "loss1": m1["loss"], "loss2": m2["loss"],
                   "logps_chosen1": m1["logps/chosen"], "logps_rejected1": m1["logps/rejected"],
                   "tokens": tokens, "row_length": int(host["input_ids"].shape[-1]),
-                  "rows": int(host["input_ids"].shape[1]), "layout": cfg.data.layout})
+                  "rows": int(host["input_ids"].shape[1]), "layout": cfg.data.layout, "base_rss_mb": base_rss})
         for n in _commands():
             before = thread_cpu()
             runs = [one() for _ in range(n)]
@@ -262,6 +276,7 @@ def trl_worker(a, root: str) -> None:
     from transformers import AutoProcessor, LlavaForConditionalGeneration, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
+    base_rss = _rss_now_mb()  # after the imports, before any model, data or step
     t_setup = time.perf_counter()
     batch = trl_batches(a, root)
     model_dir = os.path.join(root, "model")
@@ -307,7 +322,8 @@ def trl_worker(a, root: str) -> None:
                 _respond({"ready": True, "setup_s": time.perf_counter() - t_setup - w1, "first_step_s": w1,
                           "ref_pass_s": 0.0, "loss1": l1, "loss2": l2, "logps_chosen1": c1,
                           "logps_rejected1": r1, "tokens": tokens, "row_length": int(batch["input_ids"].shape[1]),
-                          "rows": int(batch["input_ids"].shape[0]), "layout": "naive (TRL: padded to longest)"})
+                          "rows": int(batch["input_ids"].shape[0]), "layout": "naive (TRL: padded to longest)",
+                          "base_rss_mb": base_rss})
             else:
                 self.wall.append(wall)
                 self.cpu.append(cpu)
@@ -460,11 +476,14 @@ def summarise(a, facts, peak, sides, load0, load1) -> dict:
           f"{load0[0]:.2f} before, {load1[0]:.2f} after ({os.cpu_count()} CPUs)")
     print(f"matmul peak (fp32 {a.matmul_n}^2): JAX {peak['jax']:.1f} GFLOP/s, torch {peak['torch']:.1f} GFLOP/s")
     print("cpu s: CPU-seconds per step (all threads); thr: threads doing >= 10% of the side's CPU work")
+    print("peak MB: the side's RSS high-water mark (imports, model, data, compile and steps); +MB: that peak less "
+          "the side's RSS right after its imports (jax + jax-align; torch + transformers + TRL)")
     print("FLOPs per step = 6 * params * tokens (policy) + 2 * params * tokens (online reference forward); "
           "tokens = prompt + response tokens of every response")
     header = (f"{'side':<11}{'step s':>9}{'cpu s':>8}{'thr':>4}{'pairs/s':>9}{'tokens/s':>10}"
               f"{'GFLOP/s':>9}{'% peak':>8}"
-              f"{'peak MB':>9}{'tokens':>8}{'rows x len':>12}{'loss1':>9}{'loss2':>9}{'logp_c1':>10}{'first s':>9}")
+              f"{'peak MB':>9}{'+MB':>7}{'tokens':>8}{'rows x len':>12}{'loss1':>9}{'loss2':>9}{'logp_c1':>10}"
+              f"{'first s':>9}")
     print(header)
     out = {"config": a.config, "params": params, "pairs": a.pairs, "max_length": a.max_length,
            "buckets": list(ladder), "bucket": used[0] if len(used) == 1 else used,
@@ -477,14 +496,15 @@ def summarise(a, facts, peak, sides, load0, load1) -> dict:
         row = {"step_s": wall, "cpu_s": cpu, "busy_threads": max(s.threads), "pairs_per_s": a.pairs / wall,
                "tokens_per_s": info["tokens"] / wall,
                "flops_per_step": flops, "gflops": gflops, "fraction_of_peak": gflops / best,
-               "peak_rss_mb": info["peak_rss_mb"], **{k: info[k] for k in ("tokens", "rows", "row_length", "loss1",
-                                                                            "loss2", "logps_chosen1",
-                                                                            "logps_rejected1", "first_step_s",
-                                                                            "ref_pass_s", "setup_s", "layout")},
+               "peak_rss_mb": info["peak_rss_mb"], "base_rss_mb": info["base_rss_mb"],
+               "rss_increase_mb": info["peak_rss_mb"] - info["base_rss_mb"],
+               **{k: info[k] for k in ("tokens", "rows", "row_length", "loss1", "loss2", "logps_chosen1",
+                                       "logps_rejected1", "first_step_s", "ref_pass_s", "setup_s", "layout")},
                "wall_all": s.wall, "cpu_all": s.cpu}
         out["sides"][s.name] = row
-        print(f"{s.name:<11}{wall:>9.3f}{cpu:>8.2f}{row['busy_threads']:>4}{row['pairs_per_s']:>9.2f}{row['tokens_per_s']:>10.0f}"
-              f"{gflops:>9.1f}{100 * row['fraction_of_peak']:>7.1f}%{row['peak_rss_mb']:>9.0f}{info['tokens']:>8}"
+        print(f"{s.name:<11}{wall:>9.3f}{cpu:>8.2f}{row['busy_threads']:>4}{row['pairs_per_s']:>9.2f}"
+              f"{row['tokens_per_s']:>10.0f}{gflops:>9.1f}{100 * row['fraction_of_peak']:>7.1f}%"
+              f"{row['peak_rss_mb']:>9.0f}{row['rss_increase_mb']:>7.0f}{info['tokens']:>8}"
               f"{info['rows']:>5} x {info['row_length']:<5}{info['loss1']:>9.5f}{info['loss2']:>9.5f}"
               f"{info['logps_chosen1']:>10.3f}{info['first_step_s']:>9.1f}")
     if "trl" in out["sides"]:
@@ -493,7 +513,8 @@ def summarise(a, facts, peak, sides, load0, load1) -> dict:
             if name in out["sides"]:
                 j = out["sides"][name]
                 print(f"{name} / trl: pairs/s x{j['pairs_per_s'] / trl['pairs_per_s']:.2f}, peak memory "
-                      f"x{j['peak_rss_mb'] / trl['peak_rss_mb']:.2f}; first-step loss {j['loss1']:.6f} vs "
+                      f"x{j['peak_rss_mb'] / trl['peak_rss_mb']:.2f} (over the post-import baseline "
+                      f"x{j['rss_increase_mb'] / trl['rss_increase_mb']:.2f}); first-step loss {j['loss1']:.6f} vs "
                       f"{trl['loss1']:.6f}, mean chosen log-prob {j['logps_chosen1']:.4f} vs "
                       f"{trl['logps_chosen1']:.4f}, second-step loss {j['loss2']:.6f} vs {trl['loss2']:.6f}")
     if "jax-cached" in out["sides"]:

@@ -79,8 +79,11 @@ def split_params(cfg: Config, stage: Stage, model, hidden_size: int, *, is_abstr
         ref_dtype = dtype_of(cfg.ref.dtype) if cfg.ref.dtype else None
         if is_abstract:
             ref = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, ref_dtype or x.dtype), full)
-        else:  # a real copy: the policy's buffers are donated to every step
-            ref = jax.tree.map(lambda x: jnp.array(x, dtype=ref_dtype or x.dtype, copy=True), full)
+        else:  # a real copy of what trains (the policy's buffers are donated to every step); frozen parameters
+            # (the vision tower) never change, so the reference shares their arrays instead of a second copy
+            shared = {id(x) for x in jax.tree.leaves(frozen)}
+            ref = jax.tree.map(lambda x: x if id(x) in shared and ref_dtype in (None, x.dtype)
+                               else jnp.array(x, dtype=ref_dtype or x.dtype, copy=True), full)
     return ParamTrees(graphdef, params, frozen, ref, full, is_lora)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from jax_align.data.buckets import resolve_buckets
+from jax_align.host_memory import trim_host_memory
 from jax_align.model_store import load_model, save_model
 from jax_align.models import LlavaModel
 from jax_align.run_lock import lock_run_dir
@@ -211,6 +212,7 @@ class Trainer:
         shardings = param_shardings(trees, mesh, rules)
         state, frozen, ref = place_train_state(trees, shardings, tx, mesh, cfg.run.seed)
         del trees, model
+        trim_host_memory()  # loading and tokenizer scratch back to the OS before the step's buffers
         state_sh = jax.tree.map(lambda x: x.sharding, state)
 
         # ---- resume (corrupt checkpoints are reported and set aside; a changed config is refused)
@@ -247,6 +249,8 @@ class Trainer:
                     sharding_of = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
                     fn = jit_step(step_fn, state_sh, sharding_of(frozen),
                                   None if ref is None else sharding_of(ref), sharding_of(batch), mesh)
+                    fn = fn.lower(state, frozen, ref, batch).compile()
+                    trim_host_memory()  # the compiler's freed scratch goes back before the step's buffers come
                     compiled[key] = fn
                 state, metrics = fn(state, frozen, ref, batch)
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
