@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from jax_align.compile_cache import enable_compilation_cache
+    from jax_align.platforms import skip_absent_tpu
 
+    if args.command != "plan":  # plan --topology compiles through libtpu on a CPU host
+        skip_absent_tpu()  # no libtpu start-up errors on machines without a TPU (the test extra installs it)
     enable_compilation_cache()  # persistent XLA cache: $JAX_ALIGN_CACHE_DIR (off disables), else ~/.cache/jax-align
     return run_command(args.command, _load(args._module).run, args, debug=debug)
 

@@ -128,6 +128,7 @@ def run_mmdpo(ctx: DemoContext, bases: Bases, seed: int) -> MethodResult:
         critique_candidate_pairs(ctx.train_world, train, seed=seed)
     rm = ctx.timed(f"train critique reward model (seed {seed})", ctx.train, f"critique_rm_s{seed}", "critique_reward",
                    train, p.critique_rm_steps, p.critique_rm_lr, **{"model.path": bases.sft, "seed": seed,
+                                                           "batch": p.pref_batch,  # a judge, as EACO's critic
                                                            "data.max_length": p.group_max_length,
                                                            "data.buckets": [p.group_max_length]})
     work = ctx.data_file(f"mmdpo_critiques_s{seed}.jsonl")

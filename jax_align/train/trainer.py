@@ -240,23 +240,12 @@ class Trainer:
             mesh_ctx = contextlib.ExitStack()  # activations get sharding constraints by name inside (sharding.py)
             mesh_ctx.enter_context(jax.set_mesh(mesh))
             mesh_ctx.enter_context(use_rules(rules))
-            for step in range(start + 1, cfg.train.steps + 1):
-                host = stack_micro_batches([next(iterator) for _ in range(accum)], pad_id)
-                batch = self._global_batch(host, mesh)
-                key = tuple((k, v.shape) for k, v in sorted(batch.items()))
-                fn = compiled.get(key)
-                if fn is None:
-                    sharding_of = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
-                    fn = jit_step(step_fn, state_sh, sharding_of(frozen),
-                                  None if ref is None else sharding_of(ref), sharding_of(batch), mesh)
-                    fn = fn.lower(state, frozen, ref, batch).compile()
-                    trim_host_memory()  # the compiler's freed scratch goes back before the step's buffers come
-                    compiled[key] = fn
-                state, metrics = fn(state, frozen, ref, batch)
-                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                metrics.update(iterator.metrics())
-                metrics["data/row_length"] = float(host["input_ids"].shape[-1])  # the bucket this step padded to
-                metrics["lr"] = float(self._lr(tx, step))
+            pending = None  # the last dispatched step, finished (metrics fetched) after the next one is queued
+
+            def finish(p: dict) -> dict:
+                """Fetch a dispatched step's metrics (waits for it), check them, log them."""
+                step, metrics = p["step"], {k: float(v) for k, v in jax.device_get(p["metrics"]).items()}
+                metrics.update(p["data"])
                 if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
                     ckpt.wait()
                     good = ckpt.last_good_step(step)  # step N's loss comes from checkpoint N-1's parameters
@@ -271,9 +260,33 @@ class Trainer:
                         f"stopped without saving; {advice}")
                 if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                     metrics_log.write(step, metrics)
-                progress.update(metrics, int((host["segment_ids"] != 0).sum()) * n_proc)
-                last = metrics
+                progress.update(metrics, p["tokens"])
+                return metrics
+
+            for step in range(start + 1, cfg.train.steps + 1):
+                # the host reads and lays out this batch while the previous step still runs (dispatch is
+                # asynchronous; that step's metrics are fetched only after this one is queued)
+                host = stack_micro_batches([next(iterator) for _ in range(accum)], pad_id)
+                batch = self._global_batch(host, mesh)
+                key = tuple((k, v.shape) for k, v in sorted(batch.items()))
+                fn = compiled.get(key)
+                if fn is None:
+                    sharding_of = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
+                    fn = jit_step(step_fn, state_sh, sharding_of(frozen),
+                                  None if ref is None else sharding_of(ref), sharding_of(batch), mesh)
+                    fn = fn.lower(state, frozen, ref, batch).compile()
+                    trim_host_memory()  # the compiler's freed scratch goes back before the step's buffers come
+                    compiled[key] = fn
+                state, metrics = fn(state, frozen, ref, batch)
+                data = iterator.metrics()
+                data["data/row_length"] = float(host["input_ids"].shape[-1])  # the bucket this step padded to
+                data["lr"] = float(self._lr(tx, step))
+                if pending is not None:
+                    last = finish(pending)
+                pending = {"step": step, "metrics": metrics, "data": data,
+                           "tokens": int((host["segment_ids"] != 0).sum()) * n_proc}
                 if step % cfg.checkpoint.every == 0 or step == cfg.train.steps:
+                    last, pending = finish(pending), None  # a checkpoint only of parameters with finite metrics
                     ckpt.save(step, state, iterator.get_state(), cfg.to_dict())
         finally:
             mesh_ctx.close()

@@ -1,0 +1,48 @@
+"""Which JAX platforms a ``jax-align`` command initialises when the user did not say.
+
+The ``test`` extra installs ``libtpu`` so that ``jax-align plan --topology`` can compile for TPU topologies from a
+CPU host. On a machine without a TPU, JAX then tries the TPU backend first and prints libtpu's initialisation
+errors (a page of ``INVALID_ARGUMENT`` lines and a source trace) before falling back to the CPU, which reads like a
+failure at the top of ``make demo``. :func:`skip_absent_tpu` restricts JAX to the CPU when no TPU chip is attached
+(no PCI device of Google's vendor id) and no NVIDIA GPU is visible; anything the user set (``JAX_PLATFORMS`` or
+``jax.config.jax_platforms``) is left alone, as is every machine with an accelerator.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+GOOGLE_PCI_VENDOR_ID = "0x1ae0"  # TPU chips attach as PCI devices of this vendor
+NVIDIA_DEVICE_FILES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/dxg")
+
+
+def tpu_attached(pci_root: str = "/sys/bus/pci/devices") -> bool:
+    """A PCI device of Google's vendor id is attached (TPU VMs); reads sysfs only, never initialises a backend."""
+    for vendor in glob.glob(os.path.join(pci_root, "*", "vendor")):
+        try:
+            with open(vendor) as f:
+                if f.read().strip().lower() == GOOGLE_PCI_VENDOR_ID:
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def gpu_visible() -> bool:
+    return any(os.path.exists(p) for p in NVIDIA_DEVICE_FILES)
+
+
+def skip_absent_tpu() -> str | None:
+    """Set ``jax_platforms`` to ``cpu`` on a machine with neither a TPU nor an NVIDIA GPU, unless the user chose.
+
+    Returns the value set, or ``None`` when nothing was changed. Call before the first JAX computation (backends
+    initialise lazily, so after ``import jax`` is fine)."""
+    if os.environ.get("JAX_PLATFORMS", "").strip() or tpu_attached() or gpu_visible():
+        return None
+    import jax
+
+    if jax.config.jax_platforms:  # set in code by the user
+        return None
+    jax.config.update("jax_platforms", "cpu")
+    return "cpu"
