@@ -9,19 +9,22 @@ before a step allocates its buffers (issue 13: the DPO bench reports the peak RS
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 
-_LIBC = None
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or ``None`` off glibc/Linux (musl has no ``malloc_trim``)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def trim_host_memory() -> bool:
     """``malloc_trim(0)``: True when glibc released memory; False (and nothing done) off glibc/Linux."""
-    global _LIBC
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        if _LIBC is None:
-            _LIBC = ctypes.CDLL("libc.so.6")
-        return bool(_LIBC.malloc_trim(0))
-    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
-        return False
+    trim = _malloc_trim()
+    return bool(trim(0)) if trim is not None else False

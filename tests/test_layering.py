@@ -3,7 +3,7 @@
 The layers, lowest first (a module may import its own layer and any lower one):
 
 0. base utilities: ``sharding`` (the rules table), ``preference`` (the direction convention), ``atomic``, ``disk``,
-   ``run_lock``, ``compile_cache``, ``orbax_logs``, ``host_memory``
+   ``run_lock``, ``compile_cache``, ``orbax_logs``, ``host_memory``, ``platforms``
 1. ``models`` (Flax model code, installed as ``jax_align.models``)
 2. ``data``, ``model_store``, ``embedders``, ``presets``
 3. ``logprobs``, ``losses``, ``reward_losses``, ``sampling``, ``generate``
@@ -23,7 +23,8 @@ import re
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = [
-    {"sharding", "preference", "atomic", "run_lock", "compile_cache", "orbax_logs", "disk", "host_memory"},
+    {"sharding", "preference", "atomic", "run_lock", "compile_cache", "orbax_logs", "disk", "host_memory",
+     "platforms"},
     {"models"},
     {"data", "model_store", "embedders", "presets"},
     {"logprobs", "losses", "reward_losses", "sampling", "generate"},

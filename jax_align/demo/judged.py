@@ -155,7 +155,8 @@ def run_align2(ctx: DemoContext, bases: Bases, seed: int) -> MethodResult:
     ctx.data[f"align2_s{seed}"] = {"pool": len(records), "pool_truth": float(np.mean([r["truth"] for r in records])),
                                    "kept": len(curated), "kept_truth": float(np.mean([r["truth"] for r in curated]))}
     model = ctx.train(f"align2_sft_s{seed}", "sft", kept, p.align2_sft_steps, p.sft_lr,
-                      **{"model.path": bases.caption, "model.train_vision": True, "seed": seed})
+                      **{"model.path": bases.caption, "model.train_vision": True, "seed": seed,
+                         "batch": p.align2_batch})
     return MethodResult(model, len(curated), sft_steps=p.align2_sft_steps)
 
 
@@ -170,7 +171,8 @@ def run_sft_random(ctx: DemoContext, bases: Bases, seed: int) -> MethodResult:
     ctx.data[f"sft_random_s{seed}"] = {"kept": n, "kept_truth": float(np.mean([r["truth"] for r in chosen]))}
     path = _write(ctx.data_file(f"sft_random_s{seed}.jsonl"), chosen, os.path.dirname(pool))
     model = ctx.train(f"sft_random_s{seed}", "sft", path, p.align2_sft_steps, p.sft_lr,
-                      **{"model.path": bases.caption, "model.train_vision": True, "seed": seed})
+                      **{"model.path": bases.caption, "model.train_vision": True, "seed": seed,
+                         "batch": p.align2_batch})
     return MethodResult(model, n, sft_steps=p.align2_sft_steps)
 
 
@@ -193,7 +195,8 @@ def run_mdpo_amp(ctx: DemoContext, bases: Bases, seed: int) -> MethodResult:
     m1 = ctx.path("runs", "amp_sft_half", "model")
     if not os.path.isdir(m1):
         m1 = ctx.timed("train amp M_1 (half the SFT set)", ctx.train, "amp_sft_half", "sft", half,
-                       p.sft_steps // 2, p.sft_lr, **{"model.path": bases.caption, "model.train_vision": True})
+                       p.sft_steps // 2, p.sft_lr, **{"model.path": bases.caption, "model.train_vision": True,
+                                                     "batch": p.amp_expert_batch})
     records = caption_subset(ctx.train_world, min(p.amp_records, p.pref_records), seed)
 
     def generate():
