@@ -23,10 +23,31 @@ class Job:
     key: str  # unique: "bdhs (seed 0)", "dpo (seed 0)"
     fn: Callable  # module-level (picklable): fn(ctx, *args) -> dict with "timings", "cpu", "data" and the result
     args: tuple
-    weight: float  # expected seconds: longer jobs start first
+    weight: float  # expected seconds: of the ready jobs, the longest chain (critical_path) starts first
     needs: tuple[str, ...] = ()
     progress: bool = True  # a stage of the progress lines
     result: dict = field(default_factory=dict)
+
+
+def critical_path(jobs: list[Job]) -> dict[str, float]:
+    """Each job's weight plus the heaviest chain of jobs that wait for it: ready jobs start in this order, so the
+    BDHS pairs (three methods wait for them) go before a heavier job that nothing waits for."""
+    waiting: dict[str, list[str]] = {j.key: [] for j in jobs}
+    for j in jobs:
+        for n in j.needs:
+            waiting.setdefault(n, []).append(j.key)
+    weight = {j.key: j.weight for j in jobs}
+    memo: dict[str, float] = {}
+
+    def rank(key: str, seen: frozenset = frozenset()) -> float:
+        if key not in memo:
+            if key in seen:  # a cycle: run_jobs reports it when nothing is ready
+                return 0.0
+            memo[key] = weight.get(key, 0.0) + max((rank(k, seen | {key}) for k in waiting.get(key, [])),
+                                                   default=0.0)
+        return memo[key]
+
+    return {j.key: rank(j.key) for j in jobs}
 
 
 def _init_worker(platforms: str | None, cache_dir: str | None) -> None:
@@ -51,10 +72,11 @@ def run_jobs(ctx, jobs: list[Job], workers: int, progress, on_done: Callable[[Jo
     if unknown:
         raise ValueError(f"jobs need unknown jobs: {sorted(unknown)}")
     done: set[str] = set()
+    rank = critical_path(jobs)
 
     def ready() -> list[Job]:
         out = [j for j in pending.values() if set(j.needs) <= done]
-        return sorted(out, key=lambda j: -j.weight)
+        return sorted(out, key=lambda j: -rank[j.key])
 
     def merge(job: Job, result: dict) -> None:
         for name in ("timings", "cpu", "data"):
@@ -65,6 +87,8 @@ def run_jobs(ctx, jobs: list[Job], workers: int, progress, on_done: Callable[[Jo
 
     if workers <= 1:
         while pending:
+            if not ready():
+                raise RuntimeError(f"jobs wait on each other: {sorted(pending)}")
             job = ready()[0]
             del pending[job.key]
             started = progress.start(job.key) if job.progress else None
