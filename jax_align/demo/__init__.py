@@ -24,10 +24,10 @@ from jax_align.demo.plan import QUICK, DemoPlan
 
 __all__ = ["DemoPlan", "QUICK", "run_demo"]
 
-# wall seconds per top-level stage measured on a quiet 2-core CPU (full plan): only the progress line's estimate
-# reads them
-WEIGHTS = {"worlds": 8, "base models": 165, "eval": 6, "bdhs": 75, "dpo": 125, "online_dpo": 80, "mixed_dpo": 65,
-           "eaco": 110, "mmdpo": 170, "mdpo_amp": 150, "align2": 100, "sft_random": 40}
+# wall seconds per stage measured on the 2-core CPU (full plan, one process; a method's includes its export, not
+# its evaluation, "eval"): the progress line's estimate and the order of the method jobs read them
+WEIGHTS = {"worlds": 6, "base models": 298, "eval": 11, "bdhs": 74, "dpo": 60, "online_dpo": 70, "mixed_dpo": 63,
+           "eaco": 88, "mmdpo": 159, "mdpo_amp": 167, "align2": 146, "sft_random": 33}
 
 
 def _model_name(method: str, seed: int, first_seed: int) -> str:

@@ -211,7 +211,8 @@ def _markdown(ctx, report: dict, names: list[str], seeds: list[int]) -> list[str
              f"({', '.join(map(str, seeds))}); ± is the standard deviation over seeds.", "",
              *_main_table(summary, names, report["metrics"]), "",
              "`steps` is preference + SFT optimizer steps; `records` the preference (or curated SFT) records the method"
-             " generated; CPU minutes of this process (data, training, export and evaluation).", "",
+             " generated; CPU minutes of the process that ran the method (its data, training, export and evaluation;"
+             " not the shared BDHS pairs).", "",
              "## Against the baseline", "",
              "Relative change of CHAIR_i and the adversarial false-positive rate (negative is better), VQA in points, "
              "against SFT (Align²LLaVA: against SFT on as many uncurated records, its control). "
