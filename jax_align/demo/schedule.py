@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Job:
-    key: str  # unique: "bdhs (seed 0)", "dpo (seed 0)"
+    key: str  # unique: "bdhs pairs (seed 0)", "dpo (seed 0)"
     fn: Callable  # module-level (picklable): fn(ctx, *args) -> dict with "timings", "cpu", "data" and the result
     args: tuple
     weight: float  # expected seconds: of the ready jobs, the longest chain (critical_path) starts first
