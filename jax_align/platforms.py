@@ -4,8 +4,8 @@ The ``test`` extra installs ``libtpu`` so that ``jax-align plan --topology`` can
 CPU host. On a machine without a TPU, JAX then tries the TPU backend first and prints libtpu's initialisation
 errors (a page of ``INVALID_ARGUMENT`` lines and a source trace) before falling back to the CPU, which reads like a
 failure at the top of ``make demo``. :func:`skip_absent_tpu` restricts JAX to the CPU when no TPU chip is attached
-(no PCI device of Google's vendor id) and no NVIDIA GPU is visible; anything the user set (``JAX_PLATFORMS`` or
-``jax.config.jax_platforms``) is left alone, as is every machine with an accelerator.
+(no PCI device of Google's vendor id) and no GPU device file exists (NVIDIA or AMD); anything the user set
+(``JAX_PLATFORMS`` or ``jax.config.jax_platforms``) is left alone, as is every machine with an accelerator.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import glob
 import os
 
 GOOGLE_PCI_VENDOR_ID = "0x1ae0"  # TPU chips attach as PCI devices of this vendor
-NVIDIA_DEVICE_FILES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/dxg")
+GPU_DEVICE_FILES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/dxg", "/dev/kfd")  # NVIDIA, WSL2, AMD ROCm
 
 
 def tpu_attached(pci_root: str = "/sys/bus/pci/devices") -> bool:
@@ -30,11 +30,11 @@ def tpu_attached(pci_root: str = "/sys/bus/pci/devices") -> bool:
 
 
 def gpu_visible() -> bool:
-    return any(os.path.exists(p) for p in NVIDIA_DEVICE_FILES)
+    return any(os.path.exists(p) for p in GPU_DEVICE_FILES)
 
 
 def skip_absent_tpu() -> str | None:
-    """Set ``jax_platforms`` to ``cpu`` on a machine with neither a TPU nor an NVIDIA GPU, unless the user chose.
+    """Set ``jax_platforms`` to ``cpu`` on a machine with neither a TPU nor a GPU, unless the user chose.
 
     Returns the value set, or ``None`` when nothing was changed. Call before the first JAX computation (backends
     initialise lazily, so after ``import jax`` is fine)."""
