@@ -87,11 +87,12 @@ def run_jobs(ctx, jobs: list[Job], workers: int, progress, on_done: Callable[[Jo
 
     if workers <= 1:
         while pending:
-            if not ready():
+            candidates = ready()
+            if not candidates:
                 raise RuntimeError(f"jobs wait on each other: {sorted(pending)}")
-            job = ready()[0]
+            job = candidates[0]
             del pending[job.key]
-            started = progress.start(job.key) if job.progress else None
+            started = progress.start(job.key) if job.progress else time.perf_counter()
             merge(job, job.fn(ctx, *job.args))
             if job.progress:
                 progress.finish(job.key, started)
