@@ -161,3 +161,37 @@ def test_truncation_never_cuts_image_blocks_inside_responses(model_dirs):
     t = truncate_group(g, g.prefix.size + r.min_keep, "naive")
     assert len(t.responses[0]) == r.min_keep
     assert np.sum(t.responses[0].ids == tok.image_token_id) == tok.image_seq_len
+
+
+@pytest.mark.parametrize("name", ["string", "parts"])
+def test_kept_prompt_renders_change_nothing(model_dirs, name):
+    """ChatTokenizer.render keeps rendered prompts: records that share a prompt (and multi-turn records, whose
+    earlier turns are rendered as prompts) tokenize exactly as a tokenizer that keeps nothing does."""
+    import jax_align.data.tokenize as tokenize_mod
+
+    records = [(dict(PAIR, chosen=f"the cat is {c} .", rejected=f"{c} ."), "pairwise") for c in ("red", "blue")]
+    records += [({"image": "i.png", "conversations": [
+        {"from": "human", "value": "<image>\nwhat is this ?"}, {"from": "gpt", "value": a},
+        {"from": "human", "value": "what color ?"}, {"from": "gpt", "value": "red ."}]}, "sft")
+        for a in ("a cat .", "a dog .")]
+    kept = _tok(model_dirs, name)
+    groups = [kept.tokenize(parse_record(r, f, base_dir="/d")[0]) for r, f in records * 2]
+    assert kept._rendered and all(isinstance(k, tuple) for k in kept._rendered)
+    for g, (r, f) in zip(groups, records * 2, strict=True):
+        fresh = _tok(model_dirs, name)  # nothing kept: every render is the template's
+        want = fresh.tokenize(parse_record(r, f, base_dir="/d")[0])
+        np.testing.assert_array_equal(g.prefix, want.prefix)
+        np.testing.assert_array_equal(g.prefix_cuttable, want.prefix_cuttable)
+        for a, b in zip(g.responses, want.responses, strict=True):
+            np.testing.assert_array_equal(a.ids, b.ids)
+            np.testing.assert_array_equal(a.trained, b.trained)
+            np.testing.assert_array_equal(a.weights, b.weights)
+    # bounded: the store is emptied when full
+    small = _tok(model_dirs, name)
+    tokenize_mod_limit, tokenize_mod.RENDER_CACHE = tokenize_mod.RENDER_CACHE, 2
+    try:
+        for r, f in records:
+            small.tokenize(parse_record(r, f, base_dir="/d")[0])
+        assert len(small._rendered) <= 2
+    finally:
+        tokenize_mod.RENDER_CACHE = tokenize_mod_limit

@@ -5,7 +5,8 @@ import os
 import subprocess
 import sys
 
-from jax_align.platforms import GOOGLE_PCI_VENDOR_ID, gpu_visible, tpu_attached
+from jax_align.platforms import (GOOGLE_PCI_VENDOR_ID, TINY_MODEL_CPU_FLAGS, gpu_visible, tiny_model_cpu_flags,
+                                 tpu_attached)
 
 
 def _pci(tmp_path, vendors):
@@ -40,3 +41,14 @@ def test_skip_absent_tpu_only_where_nothing_is_attached():
         assert "libtpu" not in stderr and "TPU_WORKER_HOSTNAMES" not in stderr
     (changed, backend), _ = _run(dict(env, JAX_PLATFORMS="cpu"))  # the user's choice is kept
     assert (changed, backend) == ("None", "cpu")
+
+
+def test_tiny_model_cpu_flags_only_on_the_cpu_and_never_over_the_users():
+    env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_dump_to=/tmp/x"}
+    assert tiny_model_cpu_flags(env) == TINY_MODEL_CPU_FLAGS
+    assert env["XLA_FLAGS"].split() == ["--xla_dump_to=/tmp/x", *TINY_MODEL_CPU_FLAGS]
+    assert tiny_model_cpu_flags(env) == () and env["XLA_FLAGS"].count("multi_thread_eigen") == 1  # once
+    user = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=true"}
+    assert tiny_model_cpu_flags(user) == () and user["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=true"
+    gpu = {"JAX_PLATFORMS": "cuda"}
+    assert tiny_model_cpu_flags(gpu) == () and "XLA_FLAGS" not in gpu

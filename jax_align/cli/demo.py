@@ -28,6 +28,9 @@ def run(args) -> int:
     if args.workers < 1:
         raise CommandError(f"must be at least 1, got {args.workers}", field="--workers")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] or None
+    from jax_align.platforms import tiny_model_cpu_flags
+
+    tiny_model_cpu_flags()  # before the first computation; the method workers inherit it
     try:
         run_demo(args.out, quick=args.quick, seed=args.seed, seeds=args.seeds, methods=methods,
                  workers=args.workers)

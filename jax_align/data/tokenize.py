@@ -33,6 +33,7 @@ from jax_align.data.records import IMAGE_PLACEHOLDER, Message, PreferenceGroup, 
 from jax_align.data.vision_tokens import image_token_id, load_model_config, pad_token_id
 
 LAYOUTS = ("prefix_shared", "naive")
+RENDER_CACHE = 4096  # rendered prompts a ChatTokenizer keeps (see ChatTokenizer.render)
 
 
 class TemplateError(ValueError):
@@ -201,6 +202,7 @@ class ChatTokenizer:
         added = tokenizer.get_added_vocab() if hasattr(tokenizer, "get_added_vocab") else {}
         self._image_token_in_vocab = IMAGE_PLACEHOLDER in added
         self._tokenizer_image_id = added.get(IMAGE_PLACEHOLDER)
+        self._rendered: dict[tuple, str] = {}
         self._list_content = self._template_wants_parts()
 
     @classmethod
@@ -244,12 +246,26 @@ class ChatTokenizer:
         )
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool) -> str:
-        """The chat template's text for ``messages``; images appear as ``<image>``."""
+        """The chat template's text for ``messages``; images appear as ``<image>``.
+
+        Prompts repeat across records (one instruction for many images), and a record's prompt is rendered twice
+        (as itself and with its user text marked): rendered prompts (``add_generation_prompt``) are kept, up to
+        ``RENDER_CACHE`` of them (the template is a pure function of the turns; a dict is safe under the data
+        threads). Whole conversations are mostly unique and are not kept."""
+        key = tuple(messages) if add_generation_prompt else None
+        text = None if key is None else self._rendered.get(key)
+        if text is not None:
+            return text
         if self._list_content:
             payload = [{"role": m.role, "content": _content_parts(m.content)} for m in messages]
         else:
             payload = [{"role": m.role, "content": m.content} for m in messages]
-        return self._render_raw(payload, add_generation_prompt)
+        text = self._render_raw(payload, add_generation_prompt)
+        if key is not None:
+            if len(self._rendered) >= RENDER_CACHE:
+                self._rendered.clear()
+            self._rendered[key] = text
+        return text
 
     def _user_text_spans(self, messages: Sequence[Message], text: str) -> list[tuple[int, int]]:
         """Character spans of user-turn text (not placeholders) inside the rendered ``text``."""
