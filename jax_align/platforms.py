@@ -50,8 +50,8 @@ def skip_absent_tpu() -> str | None:
 
 # XLA's CPU client runs large ops on a multi-threaded Eigen pool. The demo's models are tiny (width 128): its ops
 # are too small to split, and the pool's hand-offs cost more than they save. Measured on a 2-core CPU, 200
-# captioning steps of the demo's model: 45.3-46.7 s with the pool, 38.9-40.6 s without (same losses); two runs at
-# once: no change (75 s each either way).
+# captioning steps of the demo's model: 45.3-46.7 s with the pool, 35.8-40.6 s without (three runs; same losses);
+# two runs at once: no change (75 s each either way).
 TINY_MODEL_CPU_FLAGS = ("--xla_cpu_multi_thread_eigen=false",)
 
 

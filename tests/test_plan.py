@@ -139,6 +139,8 @@ def test_tpu_topology_plan_shards_per_chip(tiny_dir, tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "TPU topology v5e:2x2: 4 chips (v5e)" in out and "of 16.00 GB HBM" in out
+    # no persistent cache for topology executables (a later read of one cannot deserialize without a TPU client)
+    assert not jax.config.jax_enable_compilation_cache
     with open(out_json) as f:
         plan = json.load(f)
     trainable, frozen = _own_counts(tiny_dir)

@@ -60,6 +60,11 @@ def run(args) -> int:
             raise PlanError(f"--{name.replace('_', '-')} {value}: must be positive")
     cfg = load_config(args.config, args.overrides)
     if args.topology:
+        from jax_align.compile_cache import enable_compilation_cache
+
+        # an executable compiled for a topology cannot be read back without a TPU client (the read fails with
+        # "PjRtCompiler must be constructed with a Client" and the step compiles anyway): no persistent cache here
+        enable_compilation_cache("off")
         devices = topology_devices(args.topology)
         chip, where = chip_of_topology(args.topology), f"TPU topology {args.topology}"
     else:

@@ -11,7 +11,7 @@ import numpy as np
 
 from jax_align.data.buckets import even_buckets
 from jax_align.demo.base import DemoContext
-from jax_align.demo.inputs import caption_subset, noisy_instruct
+from jax_align.demo.inputs import bdhs_prompts, caption_subset, noisy_instruct
 from jax_align.demo.methods import Bases, MethodResult, _count, _dpo_overrides
 
 
@@ -180,7 +180,9 @@ def run_sft_random(ctx: DemoContext, bases: Bases, seed: int) -> MethodResult:
 def run_mdpo_amp(ctx: DemoContext, bases: Bases, seed: int) -> MethodResult:
     """AMP incremental generation (§5.1) with K - 2 = 2 cumulative parts of the SFT set: M_2 (all of it) is the
     demo's SFT model, M_1 an SFT run on the first half from the same base; groups [standard, M_2, M_1, base],
-    re-ranked by the auto-check (§5.1, the world's CLIP text encoder), then MDPO (§5.2)."""
+    re-ranked by the auto-check (§5.1, the world's CLIP text encoder; a short answer without noun chunks keeps
+    the initial ranking), then MDPO (§5.2). Prompts: the BDHS mix (captions, existence and attribute/position
+    questions); with captions only (the previous plan) MDPO cut CHAIR_i but moved no POPE answer."""
     from jax_align.atomic import atomic_file
     from jax_align.recipes.amp import answer_all, build_groups, expert_decoding, load_expert, prompt_and_standard
     from jax_align.world.clip_text import write_world_clip
@@ -197,7 +199,10 @@ def run_mdpo_amp(ctx: DemoContext, bases: Bases, seed: int) -> MethodResult:
         m1 = ctx.timed("train amp M_1 (half the SFT set)", ctx.train, "amp_sft_half", "sft", half,
                        p.sft_steps // 2, p.sft_lr, **{"model.path": bases.caption, "model.train_vision": True,
                                                      "batch": p.amp_expert_batch})
-    records = caption_subset(ctx.train_world, min(p.amp_records, p.pref_records), seed)
+    # the BDHS prompt mix (captions, existence and attribute/position questions): §5.1's data mixes detailed
+    # captions with question-answer dialogues; with captions only, nothing taught "no" to existence questions
+    records = bdhs_prompts(ctx.train_world, min(p.amp_records, p.pref_records), seed, p.bdhs_existence_fraction,
+                           p.bdhs_vqa_fraction)
 
     def generate():
         pairs = [prompt_and_standard(r) for r in records]

@@ -167,7 +167,8 @@ def methods() -> dict[str, Method]:
                (full,), run_mmdpo),
         Method("mdpo_amp", "MDPO on AMP data", "§5.1-5.2", "AMP's initial ranking (standard > more SFT data > "
                "less > base), re-ranked by the auto-check (CLIP text encoder of the world)",
-               "incremental generation with 2 parts, auto-check tau 0.85, MDPO", (full, nll), run_mdpo_amp),
+               "incremental generation with 2 parts, auto-check tau 0.85, MDPO; prompts: the BDHS mix of captions "
+               "and short questions", (full, nll), run_mdpo_amp),
         Method("align2", "Align²LLaVA curation", "§3.1-3.3", "question and answer reward models trained from the "
                "SFT model on the world's scored candidates", "keep 30% per instruction type, SFT from the base",
                ("the pool is the world's SFT data with a fraction of machine-style errors (no GPT data here)",

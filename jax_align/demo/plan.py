@@ -100,5 +100,8 @@ QUICK = DemoPlan(train_scenes=40, eval_scenes=24, eval_detail_scenes=8, caption_
                  eaco_sft_steps=2, eaco_sft_records=8, rm_question_steps=3, rm_answer_steps=3, rm_groups=16,
                  critique_rm_steps=3, align2_pool=60, align2_sft_steps=4, align2_batch=8, amp_records=8,
                  amp_expert_batch=8, eval_batch=16,
+                 # mostly captions: two samples of the barely trained policy tie on every short question, and an
+                 # online round whose every prompt ties has nothing to train on (the run stops)
+                 bdhs_vqa_fraction=0.06,
                  caption_tokens=24, online_max_new_tokens=16,
                  critique_tokens=16, max_length=96, buckets=(96,), group_max_length=192)
