@@ -5,8 +5,13 @@ import os
 import subprocess
 import sys
 
-from jax_align.platforms import (GOOGLE_PCI_VENDOR_ID, TINY_MODEL_CPU_FLAGS, gpu_visible, tiny_model_cpu_flags,
-                                 tpu_attached)
+from jax_align.platforms import (
+    GOOGLE_PCI_VENDOR_ID,
+    TINY_MODEL_CPU_FLAGS,
+    gpu_visible,
+    tiny_model_cpu_flags,
+    tpu_attached,
+)
 
 
 def _pci(tmp_path, vendors):

@@ -194,13 +194,13 @@ def _tokenizer_only(path: str, image_tokens: int | None):
                            field="--tokenizer")
     from transformers import AutoTokenizer
 
-    from jax_align.data.tokenize import _read_processor_template
+    from jax_align.data.chat_template import read_processor_template
 
     tok = AutoTokenizer.from_pretrained(path)
     image_id = tok.convert_tokens_to_ids("<image>")
     if image_id is None or image_id == tok.unk_token_id:
         raise CommandError("the tokenizer has no <image> token", file=path, field="--tokenizer")
-    template = getattr(tok, "chat_template", None) or _read_processor_template(path)
+    template = getattr(tok, "chat_template", None) or read_processor_template(path)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     return ChatTokenizer(tok, image_token_id=image_id, image_seq_len=image_tokens, chat_template=template,
                          pad_id=pad)

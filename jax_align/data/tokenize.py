@@ -22,7 +22,6 @@ image tokens, template tokens, the rest of the prompt and the minimal responses 
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -210,11 +209,13 @@ class ChatTokenizer:
         """Tokenizer, chat template and image-token facts from a Hugging Face LLaVA directory."""
         from transformers import AutoTokenizer
 
+        from jax_align.data.chat_template import read_processor_template
+
         config = load_model_config(model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         template = getattr(tokenizer, "chat_template", None)
         if not template:
-            template = _read_processor_template(model_dir)
+            template = read_processor_template(model_dir)
         from jax_align.models.frontends import load_frontend
 
         frontend = load_frontend(model_dir)
@@ -497,19 +498,3 @@ class ChatTokenizer:
         min_keep = int(image_pos[-1]) + 1 if image_pos.size else 0
         return TokenizedResponse(ids, trained, weights, min_keep, text.count(IMAGE_PLACEHOLDER))
 
-
-def _read_processor_template(model_dir: str) -> str | None:
-    """LLaVA checkpoints on the Hub often keep the template with the processor, not the tokenizer."""
-    import json
-
-    for name in ("chat_template.jinja", "chat_template.json", "processor_config.json"):
-        path = os.path.join(model_dir, name)
-        if not os.path.exists(path):
-            continue
-        with open(path) as f:
-            if name.endswith(".jinja"):
-                return f.read()
-            value = json.load(f).get("chat_template")
-            if value:
-                return value
-    return None
