@@ -102,8 +102,9 @@ def _online(stage: str):
                                      p.bdhs_vqa_fraction), ctx.train_world, data)
         name = f"{stage}_s{seed}"
         lr = p.mixed_lr if stage == "mixed_dpo" else p.pref_lr
+        samples = p.mixed_samples if stage == "mixed_dpo" else p.online_samples
         model = ctx.train(name, stage, data, p.pref_steps, lr, **_dpo_overrides(
-            ctx, bases, seed, **{"online.every": p.online_every, "online.samples": p.online_samples,
+            ctx, bases, seed, **{"online.every": p.online_every, "online.samples": samples,
                                  "online.temperature": p.online_temperature,
                                  "online.max_new_tokens": p.online_max_new_tokens,
                                  "online.batch_size": p.eval_batch, "online.annotator": f"world:{ctx.train_world}",
@@ -146,13 +147,15 @@ def methods() -> dict[str, Method]:
 
     budget = "pref_steps x pref_batch from the SFT model"
     full = "full fine-tuning instead of LoRA (every method alike, so the comparison is of data and loss)"
+    four = ("4 samples per prompt, best vs worst, instead of 2 (two samples of the tiny policy tied on 70% of the "
+            "prompts, on nearly every existence question)")
     nll = "the chosen answer's NLL (weight 1) beside the preference loss (RPO; without it DPO degenerates here)"
     return {m.name: m for m in (
         Method("dpo", "DPO on BDHS pairs (offline)", "§2.1-2.2", "none: the dataset answer is chosen, the "
                "image-masked policy's answer rejected", f"sigmoid DPO, beta 0.1, {budget}, cached reference",
                (nll,), run_dpo),
-        Method("online_dpo", "Online-DPO", "§2.1", "the world's ground truth ranks 2 live-policy samples",
-               "sigmoid DPO, beta 0.1, fresh pairs every online_every steps, no NLL term (§2.1)", (),
+        Method("online_dpo", "Online-DPO", "§2.1", "the world's ground truth ranks 4 live-policy samples",
+               "sigmoid DPO, beta 0.1, fresh pairs every online_every steps, no NLL term (§2.1)", (four,),
                _online("online_dpo")),
         Method("mixed_dpo", "Mixed-DPO", "§2.1 eq. 4", "offline: BDHS; online: the world's ground truth",
                "alpha ~ Bernoulli(0.5) per prompt between the BDHS pair and a fresh online pair, lr 1e-4", (nll,),
